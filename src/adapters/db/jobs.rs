@@ -1,0 +1,248 @@
+//! Queries of the read model (`jobs`), the event log (`events`), the command outbox and the
+//! asset index. Functions that take a `GenericClient` run inside the caller's transaction.
+
+use super::DbError;
+use crate::domain::ids::{AssetId, JobId, MessageId, TenantId};
+use crate::domain::job::{JobStatus, JobView};
+use crate::domain::messages::RawEnvelope;
+use deadpool_postgres::{GenericClient, Pool};
+use uuid::Uuid;
+
+fn view_from_json(v: serde_json::Value) -> Result<JobView, DbError> {
+    serde_json::from_value(v).map_err(|e| DbError::Corrupt(format!("job view: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).expect("domain types serialise")
+}
+
+/// Appends an event to the log. `false` when it was already there: the caller then skips it,
+/// which is what makes applying an event idempotent across projectors and redeliveries.
+pub async fn insert_event(tx: &impl GenericClient, raw: &RawEnvelope) -> Result<bool, DbError> {
+    let n = tx
+        .execute(
+            "INSERT INTO events (message_id, job_id, tenant, type, version, attempt, seq, occurred_at, envelope)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (message_id) DO NOTHING",
+            &[
+                &raw.message_id.0,
+                &raw.job_id.0,
+                &raw.tenant.as_str(),
+                &raw.kind,
+                &(raw.version as i32),
+                &(raw.attempt as i32),
+                &(raw.seq as i64),
+                &raw.occurred_at,
+                &to_json(raw),
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+pub async fn insert_view(tx: &impl GenericClient, view: &JobView) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO jobs (job_id, tenant, status, created_at, updated_at, view)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (job_id) DO UPDATE
+         SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, view = EXCLUDED.view",
+        &[
+            &view.job_id.0,
+            &view.tenant.as_str(),
+            &view.status.as_str(),
+            &view.created_at,
+            &view.updated_at,
+            &to_json(view),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The view of a job, locked for update until the transaction ends.
+pub async fn lock_view(tx: &impl GenericClient, job: JobId) -> Result<Option<JobView>, DbError> {
+    match tx
+        .query_opt("SELECT view FROM jobs WHERE job_id = $1 FOR UPDATE", &[&job.0])
+        .await?
+    {
+        Some(row) => Ok(Some(view_from_json(row.get(0))?)),
+        None => Ok(None),
+    }
+}
+
+pub async fn save_view(tx: &impl GenericClient, view: &JobView) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE jobs SET status = $2, updated_at = $3, view = $4 WHERE job_id = $1",
+        &[
+            &view.job_id.0,
+            &view.status.as_str(),
+            &view.updated_at,
+            &to_json(view),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every logged event of one job, in arrival order.
+pub async fn events_of_job(
+    tx: &impl GenericClient,
+    job: JobId,
+) -> Result<Vec<RawEnvelope>, DbError> {
+    tx.query(
+        "SELECT envelope FROM events WHERE job_id = $1 ORDER BY id",
+        &[&job.0],
+    )
+    .await?
+    .into_iter()
+    .map(|r| {
+        serde_json::from_value(r.get(0)).map_err(|e| DbError::Corrupt(format!("event: {e}")))
+    })
+    .collect()
+}
+
+/// A new job: its `job.created` event, its view and its `job.run` command, all in one
+/// transaction, so that a job exists if and only if its command will be published.
+pub async fn create_job(
+    pool: &Pool,
+    created: &RawEnvelope,
+    view: &JobView,
+    command: &RawEnvelope,
+    routing_key: &str,
+) -> Result<(), DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    insert_event(&tx, created).await?;
+    insert_view(&tx, view).await?;
+    let body = serde_json::to_vec(command).expect("envelopes serialise");
+    tx.execute(
+        "INSERT INTO outbox (message_id, job_id, routing_key, body) VALUES ($1, $2, $3, $4)",
+        &[&command.message_id.0, &command.job_id.0, &routing_key, &body],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn delete_outbox(pool: &Pool, message: MessageId) -> Result<(), DbError> {
+    pool.get()
+        .await?
+        .execute("DELETE FROM outbox WHERE message_id = $1", &[&message.0])
+        .await?;
+    Ok(())
+}
+
+pub struct OutboxRow {
+    pub message_id: Uuid,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+}
+
+/// Outbox rows older than `grace_secs` (whose fast-path publish evidently did not confirm),
+/// locked so that two relays never publish the same row at once. The caller publishes them and
+/// deletes them in the same transaction.
+pub async fn due_outbox(
+    tx: &impl GenericClient,
+    grace_secs: f64,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, DbError> {
+    Ok(tx
+        .query(
+            "SELECT message_id, routing_key, body FROM outbox
+             WHERE created_at < now() - make_interval(secs => $1) AND next_attempt_at <= now()
+             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&grace_secs, &limit],
+        )
+        .await?
+        .into_iter()
+        .map(|r| OutboxRow {
+            message_id: r.get(0),
+            routing_key: r.get(1),
+            body: r.get(2),
+        })
+        .collect())
+}
+
+pub async fn get_view(
+    pool: &Pool,
+    tenant: &TenantId,
+    job: JobId,
+) -> Result<Option<JobView>, DbError> {
+    let client = pool.get().await?;
+    match client
+        .query_opt(
+            "SELECT view FROM jobs WHERE job_id = $1 AND tenant = $2",
+            &[&job.0, &tenant.as_str()],
+        )
+        .await?
+    {
+        Some(row) => Ok(Some(view_from_json(row.get(0))?)),
+        None => Ok(None),
+    }
+}
+
+/// The status alone, for a worker deciding whether a command is still worth running.
+pub async fn status(pool: &Pool, job: JobId) -> Result<Option<JobStatus>, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt("SELECT status FROM jobs WHERE job_id = $1", &[&job.0])
+        .await?;
+    Ok(row.and_then(|r| JobStatus::parse(r.get::<_, &str>(0))))
+}
+
+pub struct AssetRow {
+    pub storage_key: String,
+    pub mime_type: String,
+    pub size_bytes: i64,
+    pub sha256: String,
+}
+
+pub async fn upsert_asset(
+    tx: &impl GenericClient,
+    tenant: &TenantId,
+    job: JobId,
+    asset: &AssetId,
+    row: &AssetRow,
+) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO assets (job_id, asset_id, tenant, storage_key, mime_type, size_bytes, sha256)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (job_id, asset_id) DO UPDATE
+         SET storage_key = EXCLUDED.storage_key, mime_type = EXCLUDED.mime_type,
+             size_bytes = EXCLUDED.size_bytes, sha256 = EXCLUDED.sha256",
+        &[
+            &job.0,
+            &asset.as_str(),
+            &tenant.as_str(),
+            &row.storage_key,
+            &row.mime_type,
+            &row.size_bytes,
+            &row.sha256,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// One asset of one of the tenant's jobs. `None` for another tenant's, exactly as for a missing one.
+pub async fn get_asset(
+    pool: &Pool,
+    tenant: &TenantId,
+    job: JobId,
+    asset: &AssetId,
+) -> Result<Option<AssetRow>, DbError> {
+    let client = pool.get().await?;
+    Ok(client
+        .query_opt(
+            "SELECT storage_key, mime_type, size_bytes, sha256 FROM assets
+             WHERE job_id = $1 AND asset_id = $2 AND tenant = $3",
+            &[&job.0, &asset.as_str(), &tenant.as_str()],
+        )
+        .await?
+        .map(|r| AssetRow {
+            storage_key: r.get(0),
+            mime_type: r.get(1),
+            size_bytes: r.get(2),
+            sha256: r.get(3),
+        }))
+}

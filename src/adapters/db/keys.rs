@@ -1,0 +1,88 @@
+//! API keys: `dc_` followed by 192 random bits, shown once; only a SHA-256 of the key is stored.
+
+use super::DbError;
+use crate::domain::ids::TenantId;
+use deadpool_postgres::Pool;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub const KEY_PREFIX: &str = "dc_";
+
+pub struct NewKey {
+    pub key_id: Uuid,
+    /// The secret itself. Never stored; print it once.
+    pub secret: String,
+}
+
+pub fn hash_key(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+pub fn generate_secret() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{KEY_PREFIX}{}", hex::encode(bytes))
+}
+
+pub async fn create_key(pool: &Pool, tenant: &TenantId) -> Result<NewKey, DbError> {
+    let secret = generate_secret();
+    let key_id = Uuid::now_v7();
+    // The first characters help a person tell keys apart in `keys list` without revealing them.
+    let prefix: String = secret.chars().take(KEY_PREFIX.len() + 6).collect();
+    pool.get()
+        .await?
+        .execute(
+            "INSERT INTO api_keys (key_id, tenant, prefix, key_hash) VALUES ($1, $2, $3, $4)",
+            &[&key_id, &tenant.as_str(), &prefix, &hash_key(&secret)],
+        )
+        .await?;
+    Ok(NewKey { key_id, secret })
+}
+
+/// The tenant of a live key. The lookup is by hash, so the secret is never compared byte by
+/// byte in a way that leaks timing; the stored hash is compared again in constant time.
+pub async fn authenticate(pool: &Pool, secret: &str) -> Result<Option<TenantId>, DbError> {
+    use subtle::ConstantTimeEq;
+    let hash = hash_key(secret);
+    let client = pool.get().await?;
+    let Some(row) = client
+        .query_opt(
+            "SELECT key_id, tenant, key_hash FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+            &[&hash],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let stored: Vec<u8> = row.get(2);
+    if !bool::from(stored.ct_eq(&hash)) {
+        return Ok(None);
+    }
+    let key_id: Uuid = row.get(0);
+    // Once a minute at most, so that a busy key does not turn every read into a write.
+    client
+        .execute(
+            "UPDATE api_keys SET last_used_at = now()
+             WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+            &[&key_id],
+        )
+        .await?;
+    let tenant: String = row.get(1);
+    TenantId::parse(&tenant)
+        .map(Some)
+        .map_err(|e| DbError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_has_the_prefix_and_192_bits_of_randomness() {
+        let s = generate_secret();
+        assert!(s.starts_with("dc_"));
+        assert_eq!(s.len(), 3 + 48);
+        assert_ne!(s, generate_secret());
+    }
+}

@@ -1,0 +1,169 @@
+//! Wires the roles to their configuration: builds pools, publishers, storage and the pipeline's
+//! sources, then runs one role or all of them until the shutdown token fires.
+
+use crate::adapters::broker::{Publisher, Topology};
+use crate::adapters::dns::HickoryMailResolver;
+use crate::adapters::smtp::TcpSmtpProber;
+use crate::adapters::{db, storage};
+use crate::api::{self, AppState};
+use crate::config::{Config, Switch};
+use crate::projector::{self, ProjectorConfig};
+use crate::worker::pipeline::Sources;
+use crate::worker::sources::PgDirectory;
+use crate::worker::{self, WorkerConfig};
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A name for this process's broker connections, so `rabbitmqctl list_connections` tells them apart.
+fn process_name(role: &str) -> String {
+    format!("bdjobs-{role}-{}", std::process::id())
+}
+
+/// Creates the database if missing and applies migrations.
+pub async fn migrate(config: &Config) -> anyhow::Result<Pool> {
+    if db::ensure_database(&config.database_url)
+        .await
+        .context("could not reach Postgres to check the database exists")?
+    {
+        tracing::info!("created the database");
+    }
+    let pool = connect_db(config)?;
+    let applied = db::migrate(&pool).await.context("migrations failed")?;
+    for name in applied {
+        tracing::info!(migration = name, "applied");
+    }
+    Ok(pool)
+}
+
+pub fn connect_db(config: &Config) -> anyhow::Result<Pool> {
+    db::pool(&config.database_url, config.db_pool_size).context("invalid DATABASE_URL")
+}
+
+pub fn topology(config: &Config) -> Topology {
+    Topology::new(&config.namespace)
+}
+
+pub fn sources(config: &Config, pool: &Pool) -> anyhow::Result<Sources> {
+    let dns = HickoryMailResolver::new(
+        config.dns_nameserver,
+        Duration::from_millis(config.dns_timeout_ms),
+    )
+    .context("could not set up the DNS resolver")?;
+    let smtp = match config.smtp_probe {
+        Switch::On => Some(Arc::new(TcpSmtpProber::new(
+            config.smtp_port,
+            "bdjobs.invalid",
+            "probe@bdjobs.invalid",
+            Duration::from_secs(10),
+        )) as Arc<dyn crate::adapters::smtp::SmtpProber>),
+        Switch::Off => None,
+    };
+    Ok(Sources {
+        directory: Arc::new(PgDirectory(pool.clone())),
+        dns: Arc::new(dns),
+        smtp,
+    })
+}
+
+pub async fn run_api(
+    config: &Config,
+    pool: Pool,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let storage = storage::operator(&config.assets_location())?;
+    let publisher = Arc::new(Publisher::new(
+        &config.amqp_url,
+        &process_name("api"),
+        topology(config),
+    ));
+    let state = AppState {
+        pool,
+        storage,
+        publisher,
+    };
+    api::serve(listener, state, shutdown).await
+}
+
+pub async fn run_worker(
+    config: &Config,
+    pool: Pool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let sources = sources(config, &pool)?;
+    let wc = WorkerConfig {
+        amqp_url: config.amqp_url.clone(),
+        topology: topology(config),
+        concurrency: config.worker_concurrency.max(1),
+        name: process_name("worker"),
+    };
+    worker::run(wc, sources, pool, shutdown).await
+}
+
+pub async fn run_projector(
+    config: &Config,
+    pool: Pool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let storage = storage::operator(&config.assets_location())?;
+    let pc = ProjectorConfig {
+        amqp_url: config.amqp_url.clone(),
+        topology: topology(config),
+        prefetch: config.projector_prefetch.max(1),
+        name: process_name("projector"),
+    };
+    projector::run(pc, pool, storage, shutdown).await
+}
+
+/// Every role in one process. Returns when all have stopped; if one fails, the others are
+/// asked to stop too.
+pub async fn run_all(
+    config: &Config,
+    pool: Pool,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let stop_all = |r: anyhow::Result<()>, token: &CancellationToken| {
+        if r.is_err() {
+            token.cancel();
+        }
+        r
+    };
+    let (a, w, p) = tokio::join!(
+        async { stop_all(run_api(config, pool.clone(), listener, shutdown.clone()).await, &shutdown) },
+        async { stop_all(run_worker(config, pool.clone(), shutdown.clone()).await, &shutdown) },
+        async { stop_all(run_projector(config, pool.clone(), shutdown.clone()).await, &shutdown) },
+    );
+    a.context("api")?;
+    w.context("worker")?;
+    p.context("projector")?;
+    Ok(())
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested");
+        t.cancel();
+    });
+    token
+}

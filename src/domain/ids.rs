@@ -1,0 +1,184 @@
+//! Identifiers. Newtypes keep a job id from being passed where a message id is expected, and
+//! `AssetId`/`TenantId` are validated so that they are safe inside storage keys and URLs.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    pub fn new() -> Self {
+        // v7 ids sort by creation time, which keeps the jobs index append-mostly.
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(pub Uuid);
+
+impl MessageId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} must be 1 to {max} characters of a-z, 0-9, '_' or '-' (got {got:?})")]
+pub struct InvalidName {
+    what: &'static str,
+    max: usize,
+    got: String,
+}
+
+fn check_name(what: &'static str, max: usize, s: &str) -> Result<(), InvalidName> {
+    let ok = !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && !s.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidName {
+            what,
+            max,
+            got: s.chars().take(80).collect(),
+        })
+    }
+}
+
+/// The account a job belongs to. Restricted to a small alphabet because it is a path segment of
+/// every storage key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TenantId(String);
+
+impl TenantId {
+    pub fn parse(s: &str) -> Result<Self, InvalidName> {
+        check_name("a tenant name", 64, s)?;
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TenantId {
+    type Error = InvalidName;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<TenantId> for String {
+    fn from(t: TenantId) -> String {
+        t.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The name of one output of a job (`verified_contacts`). Appears in URLs and storage keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AssetId(String);
+
+impl AssetId {
+    pub fn parse(s: &str) -> Result<Self, InvalidName> {
+        check_name("an asset id", 64, s)?;
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for AssetId {
+    type Error = InvalidName;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<AssetId> for String {
+    fn from(a: AssetId) -> String {
+        a.0
+    }
+}
+
+impl fmt::Display for AssetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where an asset's bytes live. Built only from validated parts, never from request text.
+pub fn asset_storage_key(tenant: &TenantId, job: JobId, asset: &AssetId) -> String {
+    format!("tenants/{tenant}/jobs/{job}/{asset}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_traversal_is_not_an_asset_id() {
+        assert!(AssetId::parse("../etc/passwd").is_err());
+        assert!(AssetId::parse("a/b").is_err());
+        assert!(AssetId::parse("").is_err());
+        assert!(AssetId::parse("verified_contacts").is_ok());
+    }
+
+    #[test]
+    fn a_tenant_cannot_start_with_a_dash_or_hold_uppercase() {
+        assert!(TenantId::parse("-x").is_err());
+        assert!(TenantId::parse("Acme").is_err());
+        assert!(TenantId::parse("acme-1").is_ok());
+    }
+
+    #[test]
+    fn storage_keys_are_built_from_tenant_job_and_asset() {
+        let job = JobId(Uuid::nil());
+        let key = asset_storage_key(
+            &TenantId::parse("acme").unwrap(),
+            job,
+            &AssetId::parse("verified_contacts").unwrap(),
+        );
+        assert_eq!(
+            key,
+            "tenants/acme/jobs/00000000-0000-0000-0000-000000000000/verified_contacts"
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! The records a job works on, as the client sends them and as the pipeline sees them after
+//! validation and normalisation (domains lower-cased, IDNA-encoded, stripped of scheme/`www.`).
+
+use super::email::normalize_domain;
+use serde::{Deserialize, Serialize};
+
+/// At most this many companies plus contacts in one job: beyond it a request is refused with 422
+/// rather than left to exhaust a worker.
+pub const MAX_RECORDS: usize = 10_000;
+/// Longest accepted text field, in characters.
+pub const MAX_FIELD_CHARS: usize = 512;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RawCompany {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub employee_count: Option<u32>,
+    #[serde(default)]
+    pub industry: Option<String>,
+    #[serde(default)]
+    pub country: Option<String>,
+    #[serde(default)]
+    pub linkedin_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RawContact {
+    #[serde(default)]
+    pub first_name: Option<String>,
+    #[serde(default)]
+    pub last_name: Option<String>,
+    #[serde(default)]
+    pub full_name: Option<String>,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub company_name: Option<String>,
+    #[serde(default)]
+    pub company_domain: Option<String>,
+    #[serde(default)]
+    pub linkedin_url: Option<String>,
+}
+
+/// `input_assets` as posted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RawInput {
+    #[serde(default)]
+    pub companies: Vec<RawCompany>,
+    #[serde(default)]
+    pub contacts: Vec<RawContact>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Company {
+    pub name: String,
+    pub domain: String,
+    pub employee_count: Option<u32>,
+    pub industry: Option<String>,
+    pub country: Option<String>,
+    pub linkedin_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contact {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub full_name: Option<String>,
+    pub title: Option<String>,
+    pub email: Option<String>,
+    pub company_name: Option<String>,
+    pub company_domain: Option<String>,
+    pub linkedin_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobInput {
+    pub companies: Vec<Company>,
+    pub contacts: Vec<Contact>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.join("; "))]
+pub struct InputError {
+    pub problems: Vec<String>,
+}
+
+fn clean(field: &Option<String>) -> Option<String> {
+    field
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn too_long(problems: &mut Vec<String>, path: &str, fields: &[(&str, &Option<String>)]) {
+    for (name, value) in fields {
+        if let Some(v) = value {
+            if v.chars().count() > MAX_FIELD_CHARS {
+                problems.push(format!(
+                    "{path}.{name}: longer than {MAX_FIELD_CHARS} characters"
+                ));
+            }
+        }
+    }
+}
+
+/// Splits "Ada King Lovelace" into ("Ada", "King Lovelace"): good enough for pattern rendering,
+/// and only used when the client gave no explicit parts.
+fn split_full_name(full: &str) -> (Option<String>, Option<String>) {
+    let mut parts = full.split_whitespace();
+    let first = parts.next().map(str::to_owned);
+    let rest: Vec<&str> = parts.collect();
+    let last = (!rest.is_empty()).then(|| rest.join(" "));
+    (first, last)
+}
+
+impl RawInput {
+    /// Validates and normalises. Reports up to 20 problems at once, each with its JSON path, so a
+    /// client can fix a whole batch in one round trip.
+    pub fn validate(&self) -> Result<JobInput, InputError> {
+        let mut problems = Vec::new();
+        let total = self.companies.len() + self.contacts.len();
+        if total == 0 {
+            problems.push(
+                "input_assets must hold at least one record in companies or contacts".to_owned(),
+            );
+        }
+        if total > MAX_RECORDS {
+            problems.push(format!(
+                "input_assets holds {total} records; at most {MAX_RECORDS} are accepted per job"
+            ));
+            return Err(InputError { problems });
+        }
+        let mut companies = Vec::with_capacity(self.companies.len());
+        for (i, c) in self.companies.iter().enumerate() {
+            let path = format!("input_assets.companies[{i}]");
+            too_long(
+                &mut problems,
+                &path,
+                &[
+                    ("name", &c.name),
+                    ("domain", &c.domain),
+                    ("industry", &c.industry),
+                    ("country", &c.country),
+                    ("linkedin_url", &c.linkedin_url),
+                ],
+            );
+            let domain = match clean(&c.domain) {
+                None => {
+                    problems.push(format!("{path}.domain: required"));
+                    continue;
+                }
+                Some(d) => match normalize_domain(&d) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        problems.push(format!("{path}.domain: {e}"));
+                        continue;
+                    }
+                },
+            };
+            companies.push(Company {
+                name: clean(&c.name).unwrap_or_else(|| domain.clone()),
+                domain,
+                employee_count: c.employee_count,
+                industry: clean(&c.industry),
+                country: clean(&c.country),
+                linkedin_url: clean(&c.linkedin_url),
+            });
+        }
+        let mut contacts = Vec::with_capacity(self.contacts.len());
+        for (i, c) in self.contacts.iter().enumerate() {
+            let path = format!("input_assets.contacts[{i}]");
+            too_long(
+                &mut problems,
+                &path,
+                &[
+                    ("first_name", &c.first_name),
+                    ("last_name", &c.last_name),
+                    ("full_name", &c.full_name),
+                    ("title", &c.title),
+                    ("email", &c.email),
+                    ("company_name", &c.company_name),
+                    ("company_domain", &c.company_domain),
+                    ("linkedin_url", &c.linkedin_url),
+                ],
+            );
+            let company_domain = match clean(&c.company_domain) {
+                None => None,
+                Some(d) => match normalize_domain(&d) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        problems.push(format!("{path}.company_domain: {e}"));
+                        continue;
+                    }
+                },
+            };
+            let mut first_name = clean(&c.first_name);
+            let mut last_name = clean(&c.last_name);
+            let full_name = clean(&c.full_name).or_else(|| {
+                let joined = [first_name.as_deref(), last_name.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                (!joined.is_empty()).then_some(joined)
+            });
+            if first_name.is_none() && last_name.is_none() {
+                if let Some(full) = &full_name {
+                    (first_name, last_name) = split_full_name(full);
+                }
+            }
+            let email = clean(&c.email);
+            if email.is_none() && full_name.is_none() {
+                problems.push(format!(
+                    "{path}: needs an email or a name (first_name/last_name/full_name)"
+                ));
+                continue;
+            }
+            contacts.push(Contact {
+                first_name,
+                last_name,
+                full_name,
+                title: clean(&c.title),
+                email,
+                company_name: clean(&c.company_name),
+                company_domain,
+                linkedin_url: clean(&c.linkedin_url),
+            });
+        }
+        if problems.is_empty() {
+            Ok(JobInput {
+                companies,
+                contacts,
+            })
+        } else {
+            let more = problems.len().saturating_sub(20);
+            problems.truncate(20);
+            if more > 0 {
+                problems.push(format!("and {more} more problem(s)"));
+            }
+            Err(InputError { problems })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn company(domain: &str) -> RawCompany {
+        RawCompany {
+            domain: Some(domain.to_owned()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn domains_are_normalised_and_names_default_to_the_domain() {
+        let raw = RawInput {
+            companies: vec![company("https://www.Acme.EXAMPLE/about")],
+            contacts: vec![],
+        };
+        let input = raw.validate().unwrap();
+        assert_eq!(input.companies[0].domain, "acme.example");
+        assert_eq!(input.companies[0].name, "acme.example");
+    }
+
+    #[test]
+    fn empty_input_is_refused() {
+        let e = RawInput::default().validate().unwrap_err();
+        assert!(e.to_string().contains("at least one record"));
+    }
+
+    #[test]
+    fn too_many_records_are_refused_with_the_limit_in_the_message() {
+        let raw = RawInput {
+            companies: vec![company("a.example"); MAX_RECORDS + 1],
+            contacts: vec![],
+        };
+        let e = raw.validate().unwrap_err();
+        assert!(e.to_string().contains("at most 10000"), "{e}");
+    }
+
+    #[test]
+    fn problems_name_the_json_path_of_the_bad_record() {
+        let raw = RawInput {
+            companies: vec![company("ok.example"), RawCompany::default()],
+            contacts: vec![RawContact {
+                title: Some("CTO".into()),
+                ..Default::default()
+            }],
+        };
+        let e = raw.validate().unwrap_err().to_string();
+        assert!(e.contains("input_assets.companies[1].domain: required"), "{e}");
+        assert!(e.contains("input_assets.contacts[0]: needs an email or a name"), "{e}");
+    }
+
+    #[test]
+    fn a_full_name_is_split_when_parts_are_missing_and_joined_when_only_parts_are_given() {
+        let raw = RawInput {
+            companies: vec![],
+            contacts: vec![
+                RawContact {
+                    full_name: Some("Ada King Lovelace".into()),
+                    ..Default::default()
+                },
+                RawContact {
+                    first_name: Some("Alan".into()),
+                    last_name: Some("Turing".into()),
+                    ..Default::default()
+                },
+            ],
+        };
+        let input = raw.validate().unwrap();
+        assert_eq!(input.contacts[0].first_name.as_deref(), Some("Ada"));
+        assert_eq!(input.contacts[0].last_name.as_deref(), Some("King Lovelace"));
+        assert_eq!(input.contacts[1].full_name.as_deref(), Some("Alan Turing"));
+    }
+}

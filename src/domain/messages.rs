@@ -1,0 +1,341 @@
+//! The wire contract: every message on the broker and every row of the event log is an
+//! [`Envelope`] — a versioned JSON object with a type, ids, a per-job position and a payload.
+//! `docs/messaging.md` is the prose version of this file; keep them in step.
+
+use super::ids::{JobId, MessageId, TenantId};
+use super::input::JobInput;
+use super::plan::{Capability, Plan, Preset};
+use super::stages::{DeliveredContact, ExecutionOptions, IcpConfig, Summary};
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Where a message stands in its job's history: the worker attempt that produced it, then its
+/// sequence number within that attempt. Positions order a job's events even when the broker
+/// delivers them out of order or twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    pub attempt: u32,
+    pub seq: u64,
+}
+
+impl Position {
+    /// `job.created` and other API-side events come before any worker attempt.
+    pub const ORIGIN: Position = Position { attempt: 0, seq: 0 };
+}
+
+/// The generic envelope as it travels: the payload stays raw JSON until [`RawEnvelope::decode`]
+/// checks its type and version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawEnvelope {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub message_id: MessageId,
+    pub job_id: JobId,
+    pub tenant: TenantId,
+    pub occurred_at: DateTime<Utc>,
+    pub attempt: u32,
+    pub seq: u64,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a valid envelope: {0}")]
+    Envelope(serde_json::Error),
+    #[error("unknown message type {kind:?} version {version}")]
+    Unknown { kind: String, version: u32 },
+    #[error("bad payload for {kind} v{version}: {source}")]
+    Payload {
+        kind: String,
+        version: u32,
+        source: serde_json::Error,
+    },
+}
+
+impl RawEnvelope {
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, DecodeError> {
+        serde_json::from_slice(bytes).map_err(DecodeError::Envelope)
+    }
+
+    pub fn position(&self) -> Position {
+        Position {
+            attempt: self.attempt,
+            seq: self.seq,
+        }
+    }
+
+    fn payload_as<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        serde_json::from_value(self.payload.clone()).map_err(|source| DecodeError::Payload {
+            kind: self.kind.clone(),
+            version: self.version,
+            source,
+        })
+    }
+
+    pub fn decode_command(&self) -> Result<Command, DecodeError> {
+        match (self.kind.as_str(), self.version) {
+            (RunJob::TYPE, 1) => Ok(Command::RunJob(self.payload_as()?)),
+            _ => Err(self.unknown()),
+        }
+    }
+
+    pub fn decode_event(&self) -> Result<Event, DecodeError> {
+        use Event::*;
+        Ok(match (self.kind.as_str(), self.version) {
+            ("job.created", 1) => Created(self.payload_as()?),
+            ("job.started", 1) => Started(self.payload_as()?),
+            ("job.progress", 1) => Progress(self.payload_as()?),
+            ("job.warning", 1) => Warning(self.payload_as()?),
+            ("job.completed", 1) => Completed(self.payload_as()?),
+            ("job.failed", 1) => Failed(self.payload_as()?),
+            ("job.cancelled", 1) => Cancelled(self.payload_as()?),
+            _ => return Err(self.unknown()),
+        })
+    }
+
+    fn unknown(&self) -> DecodeError {
+        DecodeError::Unknown {
+            kind: self.kind.clone(),
+            version: self.version,
+        }
+    }
+}
+
+/// Metadata shared by every message of one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRef {
+    pub job_id: JobId,
+    pub tenant: TenantId,
+}
+
+fn envelope(
+    job: &JobRef,
+    kind: &str,
+    version: u32,
+    at: Position,
+    occurred_at: DateTime<Utc>,
+    payload: serde_json::Value,
+) -> RawEnvelope {
+    RawEnvelope {
+        kind: kind.to_owned(),
+        version,
+        message_id: MessageId::new(),
+        job_id: job.job_id,
+        tenant: job.tenant.clone(),
+        occurred_at,
+        attempt: at.attempt,
+        seq: at.seq,
+        payload,
+    }
+}
+
+// ---------------------------------------------------------------- commands
+
+/// `job.run` v1: everything a worker needs to run a job, so that any worker can take it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunJob {
+    pub plan: Plan,
+    pub input: JobInput,
+    #[serde(default)]
+    pub icp_config: IcpConfig,
+    #[serde(default)]
+    pub execution_options: ExecutionOptions,
+}
+
+impl RunJob {
+    pub const TYPE: &'static str = "job.run";
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    RunJob(RunJob),
+}
+
+pub fn run_job_command(job: &JobRef, run: &RunJob, now: DateTime<Utc>) -> RawEnvelope {
+    envelope(
+        job,
+        RunJob::TYPE,
+        1,
+        Position::ORIGIN,
+        now,
+        serde_json::to_value(run).expect("RunJob serialises"),
+    )
+}
+
+// ---------------------------------------------------------------- events
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Created {
+    pub preset: Option<Preset>,
+    pub requested_capabilities: Vec<Capability>,
+    pub warnings: Vec<String>,
+    #[serde(default)]
+    pub chat_id: Option<uuid::Uuid>,
+    pub companies: usize,
+    pub contacts: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Started {
+    pub worker: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub stage: Capability,
+    pub percent: u8,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Warning {
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completed {
+    pub summary: Summary,
+    pub contacts: Vec<DeliveredContact>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failed {
+    pub error: String,
+    #[serde(default)]
+    pub stage: Option<Capability>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cancelled {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Created(Created),
+    Started(Started),
+    Progress(Progress),
+    Warning(Warning),
+    Completed(Completed),
+    Failed(Failed),
+    Cancelled(Cancelled),
+}
+
+impl Event {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Created(_) => "job.created",
+            Event::Started(_) => "job.started",
+            Event::Progress(_) => "job.progress",
+            Event::Warning(_) => "job.warning",
+            Event::Completed(_) => "job.completed",
+            Event::Failed(_) => "job.failed",
+            Event::Cancelled(_) => "job.cancelled",
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Event::Completed(_) | Event::Failed(_) | Event::Cancelled(_)
+        )
+    }
+
+    fn payload(&self) -> serde_json::Value {
+        let v = match self {
+            Event::Created(p) => serde_json::to_value(p),
+            Event::Started(p) => serde_json::to_value(p),
+            Event::Progress(p) => serde_json::to_value(p),
+            Event::Warning(p) => serde_json::to_value(p),
+            Event::Completed(p) => serde_json::to_value(p),
+            Event::Failed(p) => serde_json::to_value(p),
+            Event::Cancelled(p) => serde_json::to_value(p),
+        };
+        v.expect("events serialise")
+    }
+
+    pub fn into_envelope(self, job: &JobRef, at: Position, now: DateTime<Utc>) -> RawEnvelope {
+        envelope(job, self.kind(), 1, at, now, self.payload())
+    }
+}
+
+/// A decoded event with the envelope fields the read model needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub message_id: MessageId,
+    pub job_id: JobId,
+    pub tenant: TenantId,
+    pub occurred_at: DateTime<Utc>,
+    pub position: Position,
+    pub event: Event,
+}
+
+impl EventRecord {
+    pub fn from_raw(raw: &RawEnvelope) -> Result<Self, DecodeError> {
+        Ok(Self {
+            message_id: raw.message_id,
+            job_id: raw.job_id,
+            tenant: raw.tenant.clone(),
+            occurred_at: raw.occurred_at,
+            position: raw.position(),
+            event: raw.decode_event()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> JobRef {
+        JobRef {
+            job_id: JobId::new(),
+            tenant: TenantId::parse("acme").unwrap(),
+        }
+    }
+
+    #[test]
+    fn an_event_survives_the_round_trip_through_json() {
+        let j = job();
+        let raw = Event::Warning(Warning {
+            message: "x".into(),
+        })
+        .into_envelope(&j, Position { attempt: 1, seq: 3 }, Utc::now());
+        let bytes = serde_json::to_vec(&raw).unwrap();
+        let back = RawEnvelope::from_slice(&bytes).unwrap();
+        assert_eq!(back, raw);
+        let rec = EventRecord::from_raw(&back).unwrap();
+        assert_eq!(rec.position, Position { attempt: 1, seq: 3 });
+        assert!(matches!(rec.event, Event::Warning(w) if w.message == "x"));
+    }
+
+    #[test]
+    fn an_unknown_version_is_reported_not_guessed() {
+        let j = job();
+        let mut raw = Event::Started(Started { worker: "w".into() }).into_envelope(
+            &j,
+            Position::ORIGIN,
+            Utc::now(),
+        );
+        raw.version = 9;
+        let err = raw.decode_event().unwrap_err();
+        assert!(err.to_string().contains("\"job.started\" version 9"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_an_envelope_error() {
+        assert!(matches!(
+            RawEnvelope::from_slice(b"{not json"),
+            Err(DecodeError::Envelope(_))
+        ));
+    }
+
+    #[test]
+    fn positions_order_by_attempt_then_sequence() {
+        let a = Position { attempt: 1, seq: 9 };
+        let b = Position { attempt: 2, seq: 1 };
+        assert!(a < b);
+        assert!(Position::ORIGIN < a);
+    }
+}

@@ -1,0 +1,220 @@
+//! The BD stages as pure functions over plain data. The worker's pipeline fetches what a stage
+//! needs (directory rows, DNS answers, SMTP replies) through small traits and hands it in here,
+//! so every rule below is tested without a network or a database.
+
+pub mod deliverable;
+pub mod discovery;
+pub mod lookup;
+pub mod qualification;
+pub mod verify;
+
+use super::email::{EmailChecks, EmailStatus};
+use serde::{Deserialize, Serialize};
+
+/// `icp_config` as posted. Criteria apply only when `icp_gate` is `"apply"`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IcpConfig {
+    #[serde(default)]
+    pub icp_gate: Option<String>,
+    #[serde(default)]
+    pub industries: Vec<String>,
+    #[serde(default)]
+    pub countries: Vec<String>,
+    #[serde(default)]
+    pub min_employees: Option<u32>,
+    #[serde(default)]
+    pub max_employees: Option<u32>,
+    #[serde(default)]
+    pub keywords: Vec<String>,
+}
+
+impl IcpConfig {
+    pub fn applies(&self) -> bool {
+        self.icp_gate.as_deref() == Some("apply")
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        match self.icp_gate.as_deref() {
+            None | Some("apply") | Some("skip") => {}
+            Some(other) => {
+                return Err(format!(
+                    "icp_config.icp_gate must be \"apply\" or \"skip\" (got {other:?})"
+                ))
+            }
+        }
+        if let (Some(lo), Some(hi)) = (self.min_employees, self.max_employees) {
+            if lo > hi {
+                return Err(format!(
+                    "icp_config.min_employees ({lo}) is greater than max_employees ({hi})"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Default and upper bound of contacts discovered per company.
+pub const DEFAULT_CONTACTS_PER_COMPANY: u32 = 10;
+pub const MAX_CONTACTS_PER_COMPANY: u32 = 100;
+
+/// `execution_options` as posted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionOptions {
+    /// Keep discovered people whose title contains one of these (case-insensitive).
+    #[serde(default)]
+    pub target_titles: Vec<String>,
+    /// Keep discovered people at one of these seniorities (`c_level`, `vp`, `director`,
+    /// `manager`, `senior`, `entry`).
+    #[serde(default)]
+    pub seniorities: Vec<String>,
+    #[serde(default)]
+    pub max_contacts_per_company: Option<u32>,
+}
+
+impl ExecutionOptions {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(n) = self.max_contacts_per_company {
+            if n == 0 || n > MAX_CONTACTS_PER_COMPANY {
+                return Err(format!(
+                    "execution_options.max_contacts_per_company must be 1 to {MAX_CONTACTS_PER_COMPANY} (got {n})"
+                ));
+            }
+        }
+        for s in &self.seniorities {
+            if discovery::seniority_rank(s).is_none() {
+                return Err(format!(
+                    "execution_options.seniorities: unknown seniority {s:?}; expected c_level, vp, director, manager, senior or entry"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn contacts_per_company(&self) -> usize {
+        self.max_contacts_per_company
+            .unwrap_or(DEFAULT_CONTACTS_PER_COMPANY)
+            .min(MAX_CONTACTS_PER_COMPANY) as usize
+    }
+}
+
+/// A company as the directory knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirectoryCompany {
+    pub domain: String,
+    pub name: String,
+    pub employee_count: Option<u32>,
+    pub industry: Option<String>,
+    pub country: Option<String>,
+    pub linkedin_url: Option<String>,
+    pub keywords: Vec<String>,
+}
+
+/// A person as the directory knows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirectoryPerson {
+    pub company_domain: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub title: Option<String>,
+    pub seniority: Option<String>,
+    pub email: Option<String>,
+    pub linkedin_url: Option<String>,
+    pub headline: Option<String>,
+    pub location: Option<String>,
+}
+
+/// One row of the deliverable, and the shape every contact has while it moves through the stages.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeliveredContact {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub full_name: Option<String>,
+    pub title: Option<String>,
+    pub company_name: Option<String>,
+    pub company_domain: Option<String>,
+    pub email: Option<String>,
+    /// Null when `email_verify` did not run.
+    pub email_status: Option<EmailStatus>,
+    pub email_checks: Option<EmailChecks>,
+    /// 1.0 for an address the client or directory supplied; the pattern's confidence for one
+    /// `email_lookup` inferred.
+    pub email_confidence: Option<f64>,
+    /// The pattern `email_lookup` used (`first.last`, ...), when it produced the address.
+    #[serde(default)]
+    pub email_pattern: Option<String>,
+    pub linkedin_url: Option<String>,
+    #[serde(default)]
+    pub headline: Option<String>,
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub company_size_band: Option<String>,
+    /// `input` for contacts the client sent, `directory` for discovered ones.
+    pub source: String,
+}
+
+/// The result summary. The first three keys are the public ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub delivered_contacts: u64,
+    pub verified_emails: u64,
+    pub companies_processed: u64,
+    #[serde(default)]
+    pub companies_disqualified: u64,
+    #[serde(default)]
+    pub contacts_discovered: u64,
+    #[serde(default)]
+    pub risky_emails: u64,
+    #[serde(default)]
+    pub invalid_emails: u64,
+    #[serde(default)]
+    pub unknown_emails: u64,
+    #[serde(default)]
+    pub unverified_emails: u64,
+}
+
+/// Employee-count bands, as sales teams usually segment them.
+pub fn size_band(employees: u32) -> &'static str {
+    match employees {
+        0..=10 => "1-10",
+        11..=50 => "11-50",
+        51..=200 => "51-200",
+        201..=500 => "201-500",
+        501..=1000 => "501-1000",
+        1001..=5000 => "1001-5000",
+        5001..=10000 => "5001-10000",
+        _ => "10001+",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_bands_have_inclusive_upper_edges() {
+        assert_eq!(size_band(10), "1-10");
+        assert_eq!(size_band(11), "11-50");
+        assert_eq!(size_band(200), "51-200");
+        assert_eq!(size_band(10_001), "10001+");
+    }
+
+    #[test]
+    fn an_unknown_icp_gate_value_is_refused() {
+        let icp = IcpConfig {
+            icp_gate: Some("maybe".into()),
+            ..Default::default()
+        };
+        assert!(icp.validate().unwrap_err().contains("maybe"));
+    }
+
+    #[test]
+    fn execution_options_bound_the_contacts_per_company() {
+        let o = ExecutionOptions {
+            max_contacts_per_company: Some(0),
+            ..Default::default()
+        };
+        assert!(o.validate().is_err());
+        assert_eq!(ExecutionOptions::default().contacts_per_company(), 10);
+    }
+}

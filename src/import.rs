@@ -1,0 +1,292 @@
+//! `bdjobs directory import FILE`: loads companies and people into the directory.
+//!
+//! Files are CSV (with a header row) or JSON Lines (`.jsonl`/`.ndjson`, one object a line).
+//! Every record has a `type` of `company` or `person`:
+//! - company: `domain` (required), `name`, `employee_count`, `industry`, `country`,
+//!   `linkedin_url`, `keywords` (a JSON array, or `;`-separated in CSV);
+//! - person: `company_domain`, `first_name`, `last_name` (required), `title`, `seniority`
+//!   (`c_level`, `vp`, `director`, `manager`, `senior`, `entry`), `email`, `linkedin_url`,
+//!   `headline`, `location`.
+//!
+//! Re-importing a file updates records in place (companies by domain; people by domain and
+//! name). A bad record is skipped and reported with its line number; the rest still load.
+
+use crate::adapters::db::{self, DbError};
+use crate::domain::email::{normalize_domain, parse_email};
+use crate::domain::stages::discovery::seniority_rank;
+use crate::domain::stages::{DirectoryCompany, DirectoryPerson};
+use deadpool_postgres::Pool;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Company(DirectoryCompany),
+    Person(DirectoryPerson),
+}
+
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    pub companies: usize,
+    pub people: usize,
+    /// (line number, reason)
+    pub skipped: Vec<(usize, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("{0}: unsupported file type; use .csv, .jsonl or .ndjson")]
+    Format(String),
+    #[error("{0}: {1}")]
+    Csv(String, csv::Error),
+    #[error(transparent)]
+    Database(#[from] DbError),
+}
+
+/// One raw record: field name to text, or to a list for `keywords`.
+type Fields = BTreeMap<String, FieldValue>;
+
+#[derive(Debug, Clone)]
+enum FieldValue {
+    Text(String),
+    List(Vec<String>),
+}
+
+fn text(f: &Fields, key: &str) -> Option<String> {
+    match f.get(key)? {
+        FieldValue::Text(s) => Some(s.trim().to_owned()).filter(|s| !s.is_empty()),
+        FieldValue::List(_) => None,
+    }
+}
+
+/// Turns one raw record into a directory record, or says what is wrong with it.
+fn to_record(f: &Fields) -> Result<Record, String> {
+    match text(f, "type").as_deref() {
+        Some("company") => {
+            let domain = text(f, "domain").ok_or("company without a domain")?;
+            let domain = normalize_domain(&domain).map_err(|e| format!("domain: {e}"))?;
+            let employee_count = match text(f, "employee_count") {
+                None => None,
+                Some(s) => Some(
+                    s.parse::<u32>()
+                        .map_err(|_| format!("employee_count {s:?} is not a whole number"))?,
+                ),
+            };
+            let keywords = match f.get("keywords") {
+                Some(FieldValue::List(l)) => l.clone(),
+                Some(FieldValue::Text(s)) => s
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                None => Vec::new(),
+            };
+            Ok(Record::Company(DirectoryCompany {
+                name: text(f, "name").unwrap_or_else(|| domain.clone()),
+                domain,
+                employee_count,
+                industry: text(f, "industry"),
+                country: text(f, "country"),
+                linkedin_url: text(f, "linkedin_url"),
+                keywords,
+            }))
+        }
+        Some("person") => {
+            let domain = text(f, "company_domain").ok_or("person without a company_domain")?;
+            let company_domain =
+                normalize_domain(&domain).map_err(|e| format!("company_domain: {e}"))?;
+            let first_name = text(f, "first_name").ok_or("person without a first_name")?;
+            let last_name = text(f, "last_name").ok_or("person without a last_name")?;
+            let email = match text(f, "email") {
+                None => None,
+                Some(e) => Some(
+                    parse_email(&e)
+                        .map_err(|err| format!("email {e:?}: {err}"))?
+                        .address,
+                ),
+            };
+            let seniority = text(f, "seniority");
+            if let Some(s) = &seniority {
+                if seniority_rank(s).is_none() {
+                    return Err(format!("unknown seniority {s:?}"));
+                }
+            }
+            Ok(Record::Person(DirectoryPerson {
+                company_domain,
+                first_name,
+                last_name,
+                title: text(f, "title"),
+                seniority: seniority.map(|s| s.to_lowercase()),
+                email,
+                linkedin_url: text(f, "linkedin_url"),
+                headline: text(f, "headline"),
+                location: text(f, "location"),
+            }))
+        }
+        Some(other) => Err(format!("type {other:?} is neither company nor person")),
+        None => Err("record without a type (company or person)".to_owned()),
+    }
+}
+
+/// Parses a whole file into numbered records (or numbered problems).
+pub fn parse(path: &Path, data: &str) -> Result<Vec<(usize, Result<Record, String>)>, ImportError> {
+    let name = path.display().to_string();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "jsonl" | "ndjson" => Ok(data
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, line)| {
+                let parsed = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line)
+                    .map_err(|e| format!("not a JSON object: {e}"))
+                    .and_then(|obj| {
+                        let fields: Fields = obj
+                            .into_iter()
+                            .filter_map(|(k, v)| {
+                                let value = match v {
+                                    serde_json::Value::Null => return None,
+                                    serde_json::Value::String(s) => FieldValue::Text(s),
+                                    serde_json::Value::Array(a) => FieldValue::List(
+                                        a.into_iter()
+                                            .filter_map(|x| x.as_str().map(str::to_owned))
+                                            .collect(),
+                                    ),
+                                    other => FieldValue::Text(other.to_string()),
+                                };
+                                Some((k, value))
+                            })
+                            .collect();
+                        to_record(&fields)
+                    });
+                (i + 1, parsed)
+            })
+            .collect()),
+        "csv" => {
+            let mut reader = csv::ReaderBuilder::new()
+                .flexible(true)
+                .from_reader(data.as_bytes());
+            let headers = reader
+                .headers()
+                .map_err(|e| ImportError::Csv(name.clone(), e))?
+                .clone();
+            let mut out = Vec::new();
+            for (i, rec) in reader.records().enumerate() {
+                // Line numbers count the header as line 1 (multi-line quoted fields aside).
+                let line = rec
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r.position().map(|p| p.line() as usize))
+                    .unwrap_or(i + 2);
+                let parsed = rec.map_err(|e| format!("unreadable CSV row: {e}")).and_then(|r| {
+                    let fields: Fields = headers
+                        .iter()
+                        .zip(r.iter())
+                        .map(|(h, v)| (h.trim().to_owned(), FieldValue::Text(v.to_owned())))
+                        .collect();
+                    to_record(&fields)
+                });
+                out.push((line, parsed));
+            }
+            Ok(out)
+        }
+        _ => Err(ImportError::Format(name)),
+    }
+}
+
+/// Imports a file, drawing a progress bar on stderr when it is a terminal.
+pub async fn import_file(pool: &Pool, path: &Path, show_progress: bool) -> Result<ImportReport, ImportError> {
+    let data = std::fs::read_to_string(path)
+        .map_err(|e| ImportError::Read(path.display().to_string(), e))?;
+    let records = parse(path, &data)?;
+    let bar = if show_progress {
+        ProgressBar::new(records.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} importing [{bar:40}] {pos}/{len} records ({per_sec}, {eta} left)")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let mut report = ImportReport::default();
+    let mut client = pool.get().await.map_err(DbError::from)?;
+    // Batches keep each transaction short while avoiding one round trip of commit per record.
+    for chunk in records.chunks(500) {
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        for (line, rec) in chunk {
+            match rec {
+                Ok(Record::Company(c)) => {
+                    db::directory::upsert_company(&tx, c).await?;
+                    report.companies += 1;
+                }
+                Ok(Record::Person(p)) => {
+                    db::directory::upsert_person(&tx, p).await?;
+                    report.people += 1;
+                }
+                Err(reason) => report.skipped.push((*line, reason.clone())),
+            }
+        }
+        tx.commit().await.map_err(DbError::from)?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_records_parse_with_their_line_numbers_and_bad_ones_are_reported() {
+        let data = concat!(
+            "{\"type\":\"company\",\"domain\":\"WWW.Acme.example\",\"keywords\":[\"robots\"]}\n",
+            "\n",
+            "{\"type\":\"person\",\"company_domain\":\"acme.example\",\"first_name\":\"Ada\",\"last_name\":\"Lovelace\",\"email\":\"Ada@Acme.example\"}\n",
+            "{\"type\":\"person\",\"company_domain\":\"acme.example\",\"first_name\":\"NoLast\"}\n",
+            "not json\n",
+        );
+        let recs = parse(Path::new("x.jsonl"), data).unwrap();
+        assert_eq!(recs.len(), 4);
+        match &recs[0].1 {
+            Ok(Record::Company(c)) => {
+                assert_eq!(c.domain, "acme.example");
+                assert_eq!(c.keywords, ["robots"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&recs[1], (3, Ok(Record::Person(p))) if p.email.as_deref() == Some("ada@acme.example")));
+        assert_eq!(recs[2].0, 4);
+        assert!(recs[2].1.as_ref().unwrap_err().contains("last_name"));
+        assert_eq!(recs[3].0, 5);
+    }
+
+    #[test]
+    fn csv_records_split_keywords_on_semicolons() {
+        let data = "type,domain,name,employee_count,keywords\ncompany,acme.example,Acme,120,a; b\ncompany,beta.example,Beta,lots,\n";
+        let recs = parse(Path::new("x.csv"), data).unwrap();
+        match &recs[0].1 {
+            Ok(Record::Company(c)) => {
+                assert_eq!(c.employee_count, Some(120));
+                assert_eq!(c.keywords, ["a", "b"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(recs[1].0, 3);
+        assert!(recs[1].1.as_ref().unwrap_err().contains("not a whole number"));
+    }
+
+    #[test]
+    fn an_unknown_extension_is_refused() {
+        assert!(matches!(parse(Path::new("x.xlsx"), ""), Err(ImportError::Format(_))));
+    }
+}

@@ -1,0 +1,17 @@
+//! bdjobs: business-development jobs over RabbitMQ, Postgres and object storage.
+//!
+//! - [`domain`]: the pure core (plan, messages, read model, BD stages);
+//! - [`adapters`]: Postgres, RabbitMQ, OpenDAL, DNS and SMTP;
+//! - [`worker`], [`projector`], [`api`]: the three roles, each a step plus a loop;
+//! - [`app`]: wiring roles to configuration; [`config`]: the settings;
+//! - [`demo`] and [`import`]: the CLI's longer commands.
+
+pub mod adapters;
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod import;
+pub mod projector;
+pub mod worker;

@@ -1,0 +1,159 @@
+//! The `bdjobs` binary: one subcommand per role or task. All wiring lives in the library.
+
+use anyhow::Context;
+use bdjobs::adapters::db;
+use bdjobs::app;
+use bdjobs::config::{Config, LogFormat};
+use bdjobs::domain::ids::TenantId;
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "bdjobs",
+    version,
+    about = "Business-development jobs: workers on RabbitMQ, a read model in Postgres, an HTTP API.",
+    long_about = "Business-development jobs: clients POST a job (companies or contacts plus a preset), \
+workers run the BD pipeline from RabbitMQ, a projector folds their events into Postgres and stores \
+the verified_contacts asset, and the API serves status, results and downloads.\n\n\
+Every option is also read from the environment variable shown beside it."
+)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process on the sample job in examples/ and print its result.
+    Demo {
+        /// Folder holding directory.jsonl, demo-job.json and demo.zone.
+        #[arg(long, default_value = "examples")]
+        examples: PathBuf,
+    },
+    /// Apply migrations, then run the API, a worker and a projector in one process.
+    All,
+    /// Serve the HTTP API (any number of replicas may run).
+    Api,
+    /// Run jobs from the broker (any number may run).
+    Worker,
+    /// Fold events into the read model and store assets (any number may run).
+    Projector,
+    /// Create the database if missing and apply migrations.
+    Migrate,
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage the company and people directory the pipeline reads.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key for a tenant and print it once, as the last line of stdout.
+    Create {
+        /// Tenant (account) name: lowercase letters, digits, '_' and '-'.
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCommand {
+    /// Import companies and people from a CSV or JSON Lines file (see the README for columns).
+    Import {
+        /// The file: .csv, .jsonl or .ndjson.
+        file: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,lapin=warn,hickory_resolver=warn,hickory_proto=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = cli.config;
+    init_logging(config.log_format);
+    match cli.command {
+        Command::Demo { examples } => bdjobs::demo::run(config, &examples).await,
+        Command::All => {
+            let pool = app::migrate(&config).await?;
+            let listener = bind(&config).await?;
+            app::run_all(&config, pool, listener, app::shutdown_on_signals()).await
+        }
+        Command::Api => {
+            let pool = app::connect_db(&config)?;
+            let listener = bind(&config).await?;
+            app::run_api(&config, pool, listener, app::shutdown_on_signals()).await
+        }
+        Command::Worker => {
+            let pool = app::connect_db(&config)?;
+            app::run_worker(&config, pool, app::shutdown_on_signals()).await
+        }
+        Command::Projector => {
+            let pool = app::connect_db(&config)?;
+            app::run_projector(&config, pool, app::shutdown_on_signals()).await
+        }
+        Command::Migrate => {
+            app::migrate(&config).await?;
+            eprintln!("database is up to date");
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Create { tenant },
+        } => {
+            let tenant = TenantId::parse(&tenant)?;
+            let pool = app::connect_db(&config)?;
+            let key = db::keys::create_key(&pool, &tenant)
+                .await
+                .context("could not store the key (has `bdjobs migrate` run?)")?;
+            eprintln!("created key {} for tenant {tenant}; it is shown only once:", key.key_id);
+            println!("{}", key.secret);
+            Ok(())
+        }
+        Command::Directory {
+            command: DirectoryCommand::Import { file },
+        } => {
+            let pool = app::connect_db(&config)?;
+            let report = bdjobs::import::import_file(&pool, &file, std::io::stderr().is_terminal())
+                .await
+                .with_context(|| format!("import of {} failed", file.display()))?;
+            for (line, reason) in &report.skipped {
+                eprintln!("{}:{line}: skipped: {reason}", file.display());
+            }
+            println!(
+                "imported {} companies and {} people; skipped {} record(s)",
+                report.companies,
+                report.people,
+                report.skipped.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn bind(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))
+}

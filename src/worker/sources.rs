@@ -1,0 +1,54 @@
+//! Where the pipeline gets its facts. Each source is a small trait so that a commercial data
+//! provider, or a fake in a test, can stand in without touching the pipeline.
+
+use crate::adapters::db::{self, DbError};
+use crate::domain::stages::{DirectoryCompany, DirectoryPerson};
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+
+/// Companies and people by domain.
+#[async_trait]
+pub trait Directory: Send + Sync {
+    async fn companies(&self, domains: &[String]) -> Result<Vec<DirectoryCompany>, DbError>;
+    async fn people(&self, domains: &[String]) -> Result<Vec<DirectoryPerson>, DbError>;
+}
+
+/// The directory imported into Postgres with `bdjobs directory import`.
+pub struct PgDirectory(pub Pool);
+
+#[async_trait]
+impl Directory for PgDirectory {
+    async fn companies(&self, domains: &[String]) -> Result<Vec<DirectoryCompany>, DbError> {
+        db::directory::companies(&self.0, domains).await
+    }
+    async fn people(&self, domains: &[String]) -> Result<Vec<DirectoryPerson>, DbError> {
+        db::directory::people(&self.0, domains).await
+    }
+}
+
+/// A fixed in-memory directory, for tests and for embedding.
+#[derive(Default, Clone)]
+pub struct StaticDirectory {
+    pub companies: Vec<DirectoryCompany>,
+    pub people: Vec<DirectoryPerson>,
+}
+
+#[async_trait]
+impl Directory for StaticDirectory {
+    async fn companies(&self, domains: &[String]) -> Result<Vec<DirectoryCompany>, DbError> {
+        Ok(self
+            .companies
+            .iter()
+            .filter(|c| domains.contains(&c.domain))
+            .cloned()
+            .collect())
+    }
+    async fn people(&self, domains: &[String]) -> Result<Vec<DirectoryPerson>, DbError> {
+        Ok(self
+            .people
+            .iter()
+            .filter(|p| domains.contains(&p.company_domain))
+            .cloned()
+            .collect())
+    }
+}
