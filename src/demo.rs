@@ -1,2 +1,156 @@
-//! placeholder
-pub async fn run(_c: crate::config::Config, _p: &std::path::Path) -> anyhow::Result<()> { Ok(()) }
+//! `bdjobs demo`: the whole system in one process on the sample job.
+//!
+//! It migrates the database, imports `examples/directory.jsonl`, starts a DNS nameserver of its
+//! own on 127.0.0.1 (from `examples/demo.zone`, so not one query leaves loopback), runs every
+//! role, creates an API key, submits `examples/demo-job.json` over HTTP, draws a progress bar
+//! while it runs, then prints the result JSON and where the assets are stored.
+
+use crate::adapters::db;
+use crate::adapters::dns_stub::{StubDns, StubZone};
+use crate::app;
+use crate::config::Config;
+use crate::domain::ids::TenantId;
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How long the demo waits for its job before giving up.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+pub async fn run(mut config: Config, examples: &Path) -> anyhow::Result<()> {
+    let read = |name: &str| {
+        let path = examples.join(name);
+        std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {} (run the demo from the repository root, or pass --examples)", path.display()))
+    };
+    let zone = StubZone::from_text(&read("demo.zone")?).context("examples/demo.zone")?;
+    let job_body: serde_json::Value =
+        serde_json::from_str(&read("demo-job.json")?).context("examples/demo-job.json")?;
+
+    eprintln!("==> preparing the database");
+    let pool = app::migrate(&config).await?;
+    let report =
+        crate::import::import_file(&pool, &examples.join("directory.jsonl"), false).await?;
+    eprintln!(
+        "    directory: {} companies and {} people imported",
+        report.companies, report.people
+    );
+
+    let dns = StubDns::start("127.0.0.1:0".parse()?, zone)
+        .await
+        .context("cannot start the demo's DNS server on 127.0.0.1")?;
+    config.dns_nameserver = Some(dns.addr());
+    eprintln!("    DNS: every lookup goes to the demo's own nameserver at {}", dns.addr());
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on 127.0.0.1")?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let roles = {
+        let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
+        tokio::spawn(async move { app::run_all(&config, pool, listener, shutdown).await })
+    };
+    eprintln!("==> api, worker and projector running; API at {base}");
+
+    let outcome = submit_and_wait(&pool, &base, &job_body).await;
+    shutdown.cancel();
+    match tokio::time::timeout(Duration::from_secs(15), roles).await {
+        Ok(Ok(Err(e))) => eprintln!("a role stopped with an error: {e:#}"),
+        Err(_) => eprintln!("the roles did not stop within 15 s"),
+        _ => {}
+    }
+    let (result, job_id, tenant) = outcome?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    let location = config.assets_location();
+    for asset in result["result_assets"].as_array().into_iter().flatten() {
+        let id = asset["asset_id"].as_str().unwrap_or_default();
+        eprintln!(
+            "asset {id}: stored at {}/{}",
+            location.trim_end_matches('/'),
+            crate::domain::ids::asset_storage_key(
+                &tenant,
+                job_id,
+                &crate::domain::ids::AssetId::parse(id)?
+            )
+        );
+    }
+    if result["status"] != "completed" {
+        bail!("the demo job ended {}", result["status"]);
+    }
+    Ok(())
+}
+
+async fn submit_and_wait(
+    pool: &deadpool_postgres::Pool,
+    base: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<(serde_json::Value, crate::domain::ids::JobId, TenantId)> {
+    let tenant = TenantId::parse("demo")?;
+    let key = db::keys::create_key(pool, &tenant).await?;
+    eprintln!("==> created an API key for tenant {tenant}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()?;
+    let created: serde_json::Value = http
+        .post(format!("{base}/api/v1/bd/jobs"))
+        .bearer_auth(&key.secret)
+        .json(body)
+        .send()
+        .await?
+        .error_for_status()
+        .context("POST /api/v1/bd/jobs")?
+        .json()
+        .await?;
+    let job_id = created["job_id"].as_str().context("no job_id in the response")?.to_owned();
+    eprintln!("==> submitted job {job_id}");
+    let bar = ProgressBar::new(100);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:40}] {pos:>3}% {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    loop {
+        let job: serde_json::Value = http
+            .get(format!("{base}/api/v1/bd/jobs/{job_id}"))
+            .bearer_auth(&key.secret)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        bar.set_position(job["progress_percent"].as_u64().unwrap_or(0));
+        bar.set_message(job["progress_message"].as_str().unwrap_or_default().to_owned());
+        if matches!(job["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+            bar.finish();
+            eprintln!(
+                "==> job {} in {:.1} s",
+                job["status"].as_str().unwrap_or_default(),
+                started.elapsed().as_secs_f64()
+            );
+            if let Some(err) = job["error_message"].as_str() {
+                eprintln!("    error: {err}");
+            }
+            break;
+        }
+        if started.elapsed() > DEADLINE {
+            bar.abandon();
+            bail!("the job did not finish within {DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let result: serde_json::Value = http
+        .get(format!("{base}/api/v1/bd/jobs/{job_id}/result"))
+        .bearer_auth(&key.secret)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = crate::domain::ids::JobId(job_id.parse()?);
+    Ok((result, id, tenant))
+}

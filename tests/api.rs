@@ -1,0 +1,294 @@
+//! The full path over HTTP against the real Postgres and RabbitMQ: submit → worker → events →
+//! projector → read model → API, plus every row of the error contract and tenant isolation.
+
+mod common;
+
+use common::{demo_job, TestApp};
+use serde_json::{json, Value};
+
+const RESULT_KEYS: [&str; 10] = [
+    "result_id",
+    "job_id",
+    "status",
+    "progress_percent",
+    "progress_message",
+    "summary",
+    "warnings",
+    "result_assets",
+    "created_at",
+    "completed_at",
+];
+
+fn keys(v: &Value) -> Vec<&str> {
+    v.as_object().unwrap().keys().map(String::as_str).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_job_runs_end_to_end_and_reproduces_the_seed_numbers() {
+    let app = TestApp::start("e2e").await;
+    let key = app.res.key("acme").await;
+
+    let resp = app.post_job(&key, &demo_job()).await;
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let created: Value = resp.json().await.unwrap();
+    let job_id = created["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/api/v1/bd/jobs/{job_id}"));
+    assert_eq!(created["status"], "pending");
+    assert_eq!(created["progress_percent"], 0);
+    assert_eq!(created["preset"], "full_pipeline");
+    assert_eq!(
+        created["requested_capabilities"],
+        json!([
+            "qualification",
+            "company_size",
+            "contact_discovery",
+            "email_lookup",
+            "email_verify",
+            "deliverable_finalize"
+        ])
+    );
+
+    let polls = app.wait(&key, &job_id).await;
+    let percents: Vec<u64> = polls
+        .iter()
+        .map(|p| p["progress_percent"].as_u64().unwrap())
+        .collect();
+    assert!(percents.windows(2).all(|w| w[0] <= w[1]), "{percents:?}");
+    let last = polls.last().unwrap();
+    assert_eq!(last["status"], "completed", "{last}");
+    assert_eq!(last["progress_percent"], 100);
+    assert_eq!(last["progress_message"], "Job complete.");
+    assert!(last["error_message"].is_null());
+    assert!(last["started_at"].is_string());
+    assert!(last["completed_at"].is_string());
+
+    let result = app
+        .get_json(&key, &format!("/api/v1/bd/jobs/{job_id}/result"))
+        .await;
+    assert_eq!(keys(&result), RESULT_KEYS, "exactly the seed's fields, in its order");
+    assert_eq!(result["summary"]["delivered_contacts"], 18);
+    assert_eq!(result["summary"]["verified_emails"], 14);
+    assert_eq!(result["summary"]["companies_processed"], 2);
+    assert_eq!(result["summary"]["companies_disqualified"], 1);
+    assert!(result["result_id"].is_string());
+    assert!(result["created_at"].as_str().unwrap().ends_with('Z'));
+    let warnings: Vec<&str> = result["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        warnings.contains(&"quietharbor.test has no mail server; 1 contact(s) dropped"),
+        "{warnings:?}"
+    );
+
+    let assets = result["result_assets"].as_array().unwrap();
+    let json_asset = &assets[0];
+    assert_eq!(
+        keys(json_asset),
+        ["asset_id", "label", "kind", "mime_type", "availability", "download_url"]
+    );
+    assert_eq!(json_asset["asset_id"], "verified_contacts");
+    assert_eq!(json_asset["availability"], "inline");
+    assert_eq!(
+        json_asset["download_url"],
+        format!("/api/v1/bd/jobs/{job_id}/assets/verified_contacts")
+    );
+
+    let resp = app
+        .get(&key, json_asset["download_url"].as_str().unwrap())
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    assert!(resp.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .starts_with("attachment;"));
+    let rows: Vec<Value> = resp.json().await.unwrap();
+    assert_eq!(rows.len(), 18);
+    let verified = rows.iter().filter(|r| r["email_status"] == "verified").count();
+    assert_eq!(verified, 14);
+    for r in &rows {
+        for field in [
+            "first_name",
+            "last_name",
+            "full_name",
+            "title",
+            "company_name",
+            "company_domain",
+            "email",
+            "email_status",
+            "email_checks",
+            "email_confidence",
+            "linkedin_url",
+            "source",
+        ] {
+            assert!(r.get(field).is_some(), "row lacks {field}: {r}");
+        }
+    }
+    assert!(rows.iter().any(|r| r["email_pattern"] == "first.last"));
+    assert!(rows.iter().any(|r| r["email_pattern"] == "flast"));
+
+    let csv = app
+        .get(
+            &key,
+            &format!("/api/v1/bd/jobs/{job_id}/assets/verified_contacts_csv"),
+        )
+        .await;
+    assert_eq!(csv.headers()["content-type"], "text/csv");
+    let text = csv.text().await.unwrap();
+    assert_eq!(text.trim_end().split("\r\n").count(), 19, "header plus 18 rows");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifying_supplied_emails_delivers_them_with_statuses() {
+    let app = TestApp::start("verify").await;
+    let key = app.res.key("acme").await;
+    let body = json!({
+        "preset": "verify_existing_emails",
+        "input_assets": {"contacts": [
+            {"full_name": "Ada Lovelace", "email": "ada@lumen.example", "company_domain": "lumen.example"},
+            {"full_name": "Info Desk", "email": "info@lumen.example"},
+            {"full_name": "Nobody", "email": "nobody@quietharbor.test"},
+            {"full_name": "Broken", "email": "broken@@lumen.example"}
+        ]}
+    });
+    let created: Value = app.post_job(&key, &body).await.json().await.unwrap();
+    let job_id = created["job_id"].as_str().unwrap();
+    let last = app.wait(&key, job_id).await.pop().unwrap();
+    assert_eq!(last["status"], "completed", "{last}");
+    let result = app
+        .get_json(&key, &format!("/api/v1/bd/jobs/{job_id}/result"))
+        .await;
+    assert_eq!(result["summary"]["delivered_contacts"], 2);
+    assert_eq!(result["summary"]["verified_emails"], 1);
+    assert_eq!(result["summary"]["risky_emails"], 1);
+    assert_eq!(result["summary"]["invalid_emails"], 2);
+    app.stop().await;
+}
+
+async fn assert_error(resp: reqwest::Response, status: u16, detail_has: &str) {
+    assert_eq!(resp.status().as_u16(), status);
+    let www = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = resp.json().await.expect("error bodies are JSON");
+    assert_eq!(keys(&body), ["detail"], "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains(detail_has), "{detail:?} lacks {detail_has:?}");
+    if status == 401 {
+        assert_eq!(www.as_deref(), Some("Bearer"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_of_the_error_contract_holds() {
+    let app = TestApp::start("errors").await;
+    let key = app.res.key("acme").await;
+    let jobs = app.url("/api/v1/bd/jobs");
+
+    // 401: missing, malformed, wrong scheme, unknown.
+    let resp = app.http.post(&jobs).json(&demo_job()).send().await.unwrap();
+    assert_error(resp, 401, "missing").await;
+    let resp = app.http.get(app.url("/api/v1/bd/jobs/x")).send().await.unwrap();
+    assert_error(resp, 401, "missing").await;
+    for header in ["Bearer", "dc_nope", "Basic dXNlcjpwYXNz", "Bearer dc_0000", "Bearer  "] {
+        let resp = app
+            .http
+            .post(&jobs)
+            .header("authorization", header)
+            .json(&demo_job())
+            .send()
+            .await
+            .unwrap();
+        assert_error(resp, 401, "").await;
+    }
+
+    // 400: not JSON.
+    let resp = app
+        .http
+        .post(&jobs)
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body("{\"preset\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 400, "").await;
+
+    // 422: schema and semantic validation.
+    let cases = [
+        (json!({"preset": "full_pipeline", "requested_capabilities": ["email_verify"], "input_assets": {"contacts": [{"email": "a@b.example"}]}}), "mutually exclusive"),
+        (json!({"preset": "everything", "input_assets": {"contacts": [{"email": "a@b.example"}]}}), "unknown preset"),
+        (json!({"requested_capabilities": ["teleport"], "input_assets": {"contacts": [{"email": "a@b.example"}]}}), "unknown capability"),
+        (json!({"preset": "verify_existing_emails", "input_assets": {}}), "at least one record"),
+        (json!({"preset": "verify_existing_emails"}), "at least one record"),
+        (json!({"input_assets": {"contacts": [{"email": "a@b.example"}]}}), "required"),
+        (json!({"preset": "full_pipeline", "input_assets": {"companies": [{"name": "x"}]}}), "companies[0].domain"),
+        (json!({"preset": 7, "input_assets": {}}), "preset"),
+        (json!({"preset": "full_pipeline", "input_assets": {"companies": [{"domain": "a.example"}]}, "icp_config": {"icp_gate": "sometimes"}}), "icp_gate"),
+    ];
+    for (body, detail) in cases {
+        let resp = app.post_job(&key, &body).await;
+        assert_error(resp, 422, detail).await;
+    }
+    let too_many: Vec<Value> = (0..10_001).map(|i| json!({"domain": format!("c{i}.example")})).collect();
+    let resp = app
+        .post_job(&key, &json!({"preset": "full_pipeline", "input_assets": {"companies": too_many}}))
+        .await;
+    assert_error(resp, 422, "at most 10000").await;
+
+    // 404: no such job, not a UUID, no such asset, no such route.
+    let missing = uuid::Uuid::new_v4();
+    assert_error(app.get(&key, &format!("/api/v1/bd/jobs/{missing}")).await, 404, "not found").await;
+    assert_error(app.get(&key, &format!("/api/v1/bd/jobs/{missing}/result")).await, 404, "not found").await;
+    assert_error(app.get(&key, "/api/v1/bd/jobs/not-a-uuid").await, 404, "not found").await;
+    assert_error(app.get(&key, "/api/v1/nothing").await, 404, "").await;
+    let created: Value = app.post_job(&key, &demo_job()).await.json().await.unwrap();
+    let job_id = created["job_id"].as_str().unwrap();
+    assert_error(app.get(&key, &format!("/api/v1/bd/jobs/{job_id}/assets/nope")).await, 404, "not found").await;
+    assert_error(app.get(&key, &format!("/api/v1/bd/jobs/{job_id}/assets/..%2F..%2Fetc")).await, 404, "not found").await;
+    app.wait(&key, job_id).await;
+
+    // The API survived all of it.
+    let resp = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_job_is_indistinguishable_from_a_missing_one() {
+    let app = TestApp::start("tenants").await;
+    let (a, b) = (app.res.key("tenant-a").await, app.res.key("tenant-b").await);
+    let created: Value = app.post_job(&a, &demo_job()).await.json().await.unwrap();
+    let job_id = created["job_id"].as_str().unwrap();
+    app.wait(&a, job_id).await;
+    let missing = uuid::Uuid::new_v4();
+    for suffix in ["", "/result", "/assets/verified_contacts"] {
+        let theirs = app.get(&b, &format!("/api/v1/bd/jobs/{job_id}{suffix}")).await;
+        let none = app.get(&b, &format!("/api/v1/bd/jobs/{missing}{suffix}")).await;
+        assert_eq!(theirs.status(), 404);
+        assert_eq!(none.status(), 404);
+        let (t, n): (Value, Value) = (theirs.json().await.unwrap(), none.json().await.unwrap());
+        assert_eq!(t, n, "the two 404s must not differ");
+        // The owner still sees it.
+        assert_eq!(app.get(&a, &format!("/api/v1/bd/jobs/{job_id}{suffix}")).await.status(), 200);
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_served_without_a_key() {
+    let app = TestApp::start("openapi").await;
+    let resp = app.http.get(app.url("/api/v1/openapi.json")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let doc: Value = resp.json().await.unwrap();
+    assert!(doc.is_object());
+    assert_eq!(app.http.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    app.stop().await;
+}
