@@ -7,8 +7,8 @@ FROM rust:1.95-slim-bookworm AS builder
 WORKDIR /src
 
 # Dependencies first, against an empty crate, so that a change to the source does not rebuild
-# them: this layer is reused until Cargo.toml or Cargo.lock changes. (No C toolchain to add: the
-# image's gcc is all that aws-lc-sys and ring need.)
+# them: this layer is reused until Cargo.toml or Cargo.lock changes. (No packages to add: the
+# image's gcc is all that aws-lc-sys, the one C dependency, needs.)
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
@@ -35,8 +35,9 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
-RUN groupadd --system --gid 10001 bdjobs \
-    && useradd --system --uid 10001 --gid bdjobs --home-dir /app --no-create-home bdjobs
+RUN groupadd --gid 10001 bdjobs \
+    && useradd --uid 10001 --gid bdjobs --home-dir /app --no-create-home --no-log-init \
+        --shell /usr/sbin/nologin bdjobs
 
 WORKDIR /app
 COPY --from=builder /src/target/release/bdjobs /usr/local/bin/bdjobs

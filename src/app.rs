@@ -134,9 +134,24 @@ pub async fn run_all(
         r
     };
     let (a, w, p) = tokio::join!(
-        async { stop_all(run_api(config, pool.clone(), listener, shutdown.clone()).await, &shutdown) },
-        async { stop_all(run_worker(config, pool.clone(), shutdown.clone()).await, &shutdown) },
-        async { stop_all(run_projector(config, pool.clone(), shutdown.clone()).await, &shutdown) },
+        async {
+            stop_all(
+                run_api(config, pool.clone(), listener, shutdown.clone()).await,
+                &shutdown,
+            )
+        },
+        async {
+            stop_all(
+                run_worker(config, pool.clone(), shutdown.clone()).await,
+                &shutdown,
+            )
+        },
+        async {
+            stop_all(
+                run_projector(config, pool.clone(), shutdown.clone()).await,
+                &shutdown,
+            )
+        },
     );
     a.context("api")?;
     w.context("worker")?;

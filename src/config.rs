@@ -19,19 +19,39 @@ pub enum Switch {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Postgres connection URL. The database is created if missing by `migrate`, `all` and `demo`.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/bdjobs", global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/bdjobs",
+        global = true
+    )]
     pub database_url: String,
 
     /// RabbitMQ connection URL.
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", global = true)]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        global = true
+    )]
     pub amqp_url: String,
 
     /// Prefix of every exchange and queue, so deployments and tests can share one broker.
-    #[arg(long, env = "BDJOBS_NAMESPACE", default_value = "bdjobs", global = true)]
+    #[arg(
+        long,
+        env = "BDJOBS_NAMESPACE",
+        default_value = "bdjobs",
+        global = true
+    )]
     pub namespace: String,
 
     /// Address the API listens on.
-    #[arg(long, env = "BDJOBS_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "BDJOBS_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// Asset storage: fs:///abs/path, memory://, or s3://BUCKET?endpoint=URL&region=REGION
@@ -44,11 +64,22 @@ pub struct Config {
     pub dns_nameserver: Option<SocketAddr>,
 
     /// DNS lookup timeout in milliseconds.
-    #[arg(long, env = "BDJOBS_DNS_TIMEOUT_MS", default_value_t = 2000, global = true)]
+    #[arg(
+        long,
+        env = "BDJOBS_DNS_TIMEOUT_MS",
+        default_value_t = 2000,
+        global = true
+    )]
     pub dns_timeout_ms: u64,
 
     /// Probe mail servers with SMTP RCPT (never sends mail) during email_verify.
-    #[arg(long, env = "BDJOBS_SMTP_PROBE", value_enum, default_value = "off", global = true)]
+    #[arg(
+        long,
+        env = "BDJOBS_SMTP_PROBE",
+        value_enum,
+        default_value = "off",
+        global = true
+    )]
     pub smtp_probe: Switch,
 
     /// TCP port of the SMTP probe (25 in production).
@@ -56,11 +87,21 @@ pub struct Config {
     pub smtp_port: u16,
 
     /// Jobs one worker process runs at once.
-    #[arg(long, env = "BDJOBS_WORKER_CONCURRENCY", default_value_t = 4, global = true)]
+    #[arg(
+        long,
+        env = "BDJOBS_WORKER_CONCURRENCY",
+        default_value_t = 4,
+        global = true
+    )]
     pub worker_concurrency: u16,
 
     /// Events one projector holds unacknowledged at once.
-    #[arg(long, env = "BDJOBS_PROJECTOR_PREFETCH", default_value_t = 32, global = true)]
+    #[arg(
+        long,
+        env = "BDJOBS_PROJECTOR_PREFETCH",
+        default_value_t = 32,
+        global = true
+    )]
     pub projector_prefetch: u16,
 
     /// Largest number of Postgres connections per process.
@@ -68,7 +109,13 @@ pub struct Config {
     pub db_pool_size: usize,
 
     /// Log format.
-    #[arg(long, env = "BDJOBS_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "BDJOBS_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
 }
 

@@ -22,8 +22,12 @@ const DEADLINE: Duration = Duration::from_secs(120);
 pub async fn run(mut config: Config, examples: &Path) -> anyhow::Result<()> {
     let read = |name: &str| {
         let path = examples.join(name);
-        std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {} (run the demo from the repository root, or pass --examples)", path.display()))
+        std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} (run the demo from the repository root, or pass --examples)",
+                path.display()
+            )
+        })
     };
     let zone = StubZone::from_text(&read("demo.zone")?).context("examples/demo.zone")?;
     let job_body: serde_json::Value =
@@ -42,7 +46,10 @@ pub async fn run(mut config: Config, examples: &Path) -> anyhow::Result<()> {
         .await
         .context("cannot start the demo's DNS server on 127.0.0.1")?;
     config.dns_nameserver = Some(dns.addr());
-    eprintln!("    DNS: every lookup goes to the demo's own nameserver at {}", dns.addr());
+    eprintln!(
+        "    DNS: every lookup goes to the demo's own nameserver at {}",
+        dns.addr()
+    );
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -105,7 +112,10 @@ async fn submit_and_wait(
         .context("POST /api/v1/bd/jobs")?
         .json()
         .await?;
-    let job_id = created["job_id"].as_str().context("no job_id in the response")?.to_owned();
+    let job_id = created["job_id"]
+        .as_str()
+        .context("no job_id in the response")?
+        .to_owned();
     eprintln!("==> submitted job {job_id}");
     let bar = ProgressBar::new(100);
     bar.set_style(
@@ -124,8 +134,16 @@ async fn submit_and_wait(
             .json()
             .await?;
         bar.set_position(job["progress_percent"].as_u64().unwrap_or(0));
-        bar.set_message(job["progress_message"].as_str().unwrap_or_default().to_owned());
-        if matches!(job["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+        bar.set_message(
+            job["progress_message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        if matches!(
+            job["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        ) {
             bar.finish();
             eprintln!(
                 "==> job {} in {:.1} s",

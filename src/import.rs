@@ -132,8 +132,11 @@ fn to_record(f: &Fields) -> Result<Record, String> {
     }
 }
 
+/// A record, or what is wrong with it, with its line number.
+pub type Numbered = (usize, Result<Record, String>);
+
 /// Parses a whole file into numbered records (or numbered problems).
-pub fn parse(path: &Path, data: &str) -> Result<Vec<(usize, Result<Record, String>)>, ImportError> {
+pub fn parse(path: &Path, data: &str) -> Result<Vec<Numbered>, ImportError> {
     let name = path.display().to_string();
     let ext = path
         .extension()
@@ -146,27 +149,28 @@ pub fn parse(path: &Path, data: &str) -> Result<Vec<(usize, Result<Record, Strin
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, line)| {
-                let parsed = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line)
-                    .map_err(|e| format!("not a JSON object: {e}"))
-                    .and_then(|obj| {
-                        let fields: Fields = obj
-                            .into_iter()
-                            .filter_map(|(k, v)| {
-                                let value = match v {
-                                    serde_json::Value::Null => return None,
-                                    serde_json::Value::String(s) => FieldValue::Text(s),
-                                    serde_json::Value::Array(a) => FieldValue::List(
-                                        a.into_iter()
-                                            .filter_map(|x| x.as_str().map(str::to_owned))
-                                            .collect(),
-                                    ),
-                                    other => FieldValue::Text(other.to_string()),
-                                };
-                                Some((k, value))
-                            })
-                            .collect();
-                        to_record(&fields)
-                    });
+                let parsed =
+                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line)
+                        .map_err(|e| format!("not a JSON object: {e}"))
+                        .and_then(|obj| {
+                            let fields: Fields = obj
+                                .into_iter()
+                                .filter_map(|(k, v)| {
+                                    let value = match v {
+                                        serde_json::Value::Null => return None,
+                                        serde_json::Value::String(s) => FieldValue::Text(s),
+                                        serde_json::Value::Array(a) => FieldValue::List(
+                                            a.into_iter()
+                                                .filter_map(|x| x.as_str().map(str::to_owned))
+                                                .collect(),
+                                        ),
+                                        other => FieldValue::Text(other.to_string()),
+                                    };
+                                    Some((k, value))
+                                })
+                                .collect();
+                            to_record(&fields)
+                        });
                 (i + 1, parsed)
             })
             .collect()),
@@ -186,14 +190,16 @@ pub fn parse(path: &Path, data: &str) -> Result<Vec<(usize, Result<Record, Strin
                     .ok()
                     .and_then(|r| r.position().map(|p| p.line() as usize))
                     .unwrap_or(i + 2);
-                let parsed = rec.map_err(|e| format!("unreadable CSV row: {e}")).and_then(|r| {
-                    let fields: Fields = headers
-                        .iter()
-                        .zip(r.iter())
-                        .map(|(h, v)| (h.trim().to_owned(), FieldValue::Text(v.to_owned())))
-                        .collect();
-                    to_record(&fields)
-                });
+                let parsed = rec
+                    .map_err(|e| format!("unreadable CSV row: {e}"))
+                    .and_then(|r| {
+                        let fields: Fields = headers
+                            .iter()
+                            .zip(r.iter())
+                            .map(|(h, v)| (h.trim().to_owned(), FieldValue::Text(v.to_owned())))
+                            .collect();
+                        to_record(&fields)
+                    });
                 out.push((line, parsed));
             }
             Ok(out)
@@ -203,7 +209,11 @@ pub fn parse(path: &Path, data: &str) -> Result<Vec<(usize, Result<Record, Strin
 }
 
 /// Imports a file, drawing a progress bar on stderr when it is a terminal.
-pub async fn import_file(pool: &Pool, path: &Path, show_progress: bool) -> Result<ImportReport, ImportError> {
+pub async fn import_file(
+    pool: &Pool,
+    path: &Path,
+    show_progress: bool,
+) -> Result<ImportReport, ImportError> {
     let data = std::fs::read_to_string(path)
         .map_err(|e| ImportError::Read(path.display().to_string(), e))?;
     let records = parse(path, &data)?;
@@ -213,9 +223,11 @@ pub async fn import_file(pool: &Pool, path: &Path, show_progress: bool) -> Resul
         ProgressBar::hidden()
     };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} importing [{bar:40}] {pos}/{len} records ({per_sec}, {eta} left)")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} importing [{bar:40}] {pos}/{len} records ({per_sec}, {eta} left)",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     let mut report = ImportReport::default();
     let mut client = pool.get().await.map_err(DbError::from)?;
@@ -264,7 +276,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(&recs[1], (3, Ok(Record::Person(p))) if p.email.as_deref() == Some("ada@acme.example")));
+        assert!(
+            matches!(&recs[1], (3, Ok(Record::Person(p))) if p.email.as_deref() == Some("ada@acme.example"))
+        );
         assert_eq!(recs[2].0, 4);
         assert!(recs[2].1.as_ref().unwrap_err().contains("last_name"));
         assert_eq!(recs[3].0, 5);
@@ -282,11 +296,18 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(recs[1].0, 3);
-        assert!(recs[1].1.as_ref().unwrap_err().contains("not a whole number"));
+        assert!(recs[1]
+            .1
+            .as_ref()
+            .unwrap_err()
+            .contains("not a whole number"));
     }
 
     #[test]
     fn an_unknown_extension_is_refused() {
-        assert!(matches!(parse(Path::new("x.xlsx"), ""), Err(ImportError::Format(_))));
+        assert!(matches!(
+            parse(Path::new("x.xlsx"), ""),
+            Err(ImportError::Format(_))
+        ));
     }
 }

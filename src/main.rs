@@ -127,7 +127,10 @@ async fn main() -> anyhow::Result<()> {
             let key = db::keys::create_key(&pool, &tenant)
                 .await
                 .context("could not store the key (has `bdjobs migrate` run?)")?;
-            eprintln!("created key {} for tenant {tenant}; it is shown only once:", key.key_id);
+            eprintln!(
+                "created key {} for tenant {tenant}; it is shown only once:",
+                key.key_id
+            );
             println!("{}", key.secret);
             Ok(())
         }

@@ -66,7 +66,11 @@ async fn the_demo_job_runs_end_to_end_and_reproduces_the_seed_numbers() {
     let result = app
         .get_json(&key, &format!("/api/v1/bd/jobs/{job_id}/result"))
         .await;
-    assert_eq!(keys(&result), RESULT_KEYS, "exactly the seed's fields, in its order");
+    assert_eq!(
+        keys(&result),
+        RESULT_KEYS,
+        "exactly the seed's fields, in its order"
+    );
     assert_eq!(result["summary"]["delivered_contacts"], 18);
     assert_eq!(result["summary"]["verified_emails"], 14);
     assert_eq!(result["summary"]["companies_processed"], 2);
@@ -88,7 +92,14 @@ async fn the_demo_job_runs_end_to_end_and_reproduces_the_seed_numbers() {
     let json_asset = &assets[0];
     assert_eq!(
         keys(json_asset),
-        ["asset_id", "label", "kind", "mime_type", "availability", "download_url"]
+        [
+            "asset_id",
+            "label",
+            "kind",
+            "mime_type",
+            "availability",
+            "download_url"
+        ]
     );
     assert_eq!(json_asset["asset_id"], "verified_contacts");
     assert_eq!(json_asset["availability"], "inline");
@@ -109,7 +120,10 @@ async fn the_demo_job_runs_end_to_end_and_reproduces_the_seed_numbers() {
         .starts_with("attachment;"));
     let rows: Vec<Value> = resp.json().await.unwrap();
     assert_eq!(rows.len(), 18);
-    let verified = rows.iter().filter(|r| r["email_status"] == "verified").count();
+    let verified = rows
+        .iter()
+        .filter(|r| r["email_status"] == "verified")
+        .count();
     assert_eq!(verified, 14);
     for r in &rows {
         for field in [
@@ -140,7 +154,11 @@ async fn the_demo_job_runs_end_to_end_and_reproduces_the_seed_numbers() {
         .await;
     assert_eq!(csv.headers()["content-type"], "text/csv");
     let text = csv.text().await.unwrap();
-    assert_eq!(text.trim_end().split("\r\n").count(), 19, "header plus 18 rows");
+    assert_eq!(
+        text.trim_end().split("\r\n").count(),
+        19,
+        "header plus 18 rows"
+    );
     app.stop().await;
 }
 
@@ -180,7 +198,10 @@ async fn assert_error(resp: reqwest::Response, status: u16, detail_has: &str) {
     let body: Value = resp.json().await.expect("error bodies are JSON");
     assert_eq!(keys(&body), ["detail"], "{body}");
     let detail = body["detail"].as_str().unwrap();
-    assert!(detail.contains(detail_has), "{detail:?} lacks {detail_has:?}");
+    assert!(
+        detail.contains(detail_has),
+        "{detail:?} lacks {detail_has:?}"
+    );
     if status == 401 {
         assert_eq!(www.as_deref(), Some("Bearer"));
     }
@@ -195,9 +216,20 @@ async fn every_row_of_the_error_contract_holds() {
     // 401: missing, malformed, wrong scheme, unknown.
     let resp = app.http.post(&jobs).json(&demo_job()).send().await.unwrap();
     assert_error(resp, 401, "missing").await;
-    let resp = app.http.get(app.url("/api/v1/bd/jobs/x")).send().await.unwrap();
+    let resp = app
+        .http
+        .get(app.url("/api/v1/bd/jobs/x"))
+        .send()
+        .await
+        .unwrap();
     assert_error(resp, 401, "missing").await;
-    for header in ["Bearer", "dc_nope", "Basic dXNlcjpwYXNz", "Bearer dc_0000", "Bearer  "] {
+    for header in [
+        "Bearer",
+        "dc_nope",
+        "Basic dXNlcjpwYXNz",
+        "Bearer dc_0000",
+        "Bearer  ",
+    ] {
         let resp = app
             .http
             .post(&jobs)
@@ -223,36 +255,96 @@ async fn every_row_of_the_error_contract_holds() {
 
     // 422: schema and semantic validation.
     let cases = [
-        (json!({"preset": "full_pipeline", "requested_capabilities": ["email_verify"], "input_assets": {"contacts": [{"email": "a@b.example"}]}}), "mutually exclusive"),
-        (json!({"preset": "everything", "input_assets": {"contacts": [{"email": "a@b.example"}]}}), "unknown preset"),
-        (json!({"requested_capabilities": ["teleport"], "input_assets": {"contacts": [{"email": "a@b.example"}]}}), "unknown capability"),
-        (json!({"preset": "verify_existing_emails", "input_assets": {}}), "at least one record"),
-        (json!({"preset": "verify_existing_emails"}), "at least one record"),
-        (json!({"input_assets": {"contacts": [{"email": "a@b.example"}]}}), "required"),
-        (json!({"preset": "full_pipeline", "input_assets": {"companies": [{"name": "x"}]}}), "companies[0].domain"),
+        (
+            json!({"preset": "full_pipeline", "requested_capabilities": ["email_verify"], "input_assets": {"contacts": [{"email": "a@b.example"}]}}),
+            "mutually exclusive",
+        ),
+        (
+            json!({"preset": "everything", "input_assets": {"contacts": [{"email": "a@b.example"}]}}),
+            "unknown preset",
+        ),
+        (
+            json!({"requested_capabilities": ["teleport"], "input_assets": {"contacts": [{"email": "a@b.example"}]}}),
+            "unknown capability",
+        ),
+        (
+            json!({"preset": "verify_existing_emails", "input_assets": {}}),
+            "at least one record",
+        ),
+        (
+            json!({"preset": "verify_existing_emails"}),
+            "at least one record",
+        ),
+        (
+            json!({"input_assets": {"contacts": [{"email": "a@b.example"}]}}),
+            "required",
+        ),
+        (
+            json!({"preset": "full_pipeline", "input_assets": {"companies": [{"name": "x"}]}}),
+            "companies[0].domain",
+        ),
         (json!({"preset": 7, "input_assets": {}}), "preset"),
-        (json!({"preset": "full_pipeline", "input_assets": {"companies": [{"domain": "a.example"}]}, "icp_config": {"icp_gate": "sometimes"}}), "icp_gate"),
+        (
+            json!({"preset": "full_pipeline", "input_assets": {"companies": [{"domain": "a.example"}]}, "icp_config": {"icp_gate": "sometimes"}}),
+            "icp_gate",
+        ),
     ];
     for (body, detail) in cases {
         let resp = app.post_job(&key, &body).await;
         assert_error(resp, 422, detail).await;
     }
-    let too_many: Vec<Value> = (0..10_001).map(|i| json!({"domain": format!("c{i}.example")})).collect();
+    let too_many: Vec<Value> = (0..10_001)
+        .map(|i| json!({"domain": format!("c{i}.example")}))
+        .collect();
     let resp = app
-        .post_job(&key, &json!({"preset": "full_pipeline", "input_assets": {"companies": too_many}}))
+        .post_job(
+            &key,
+            &json!({"preset": "full_pipeline", "input_assets": {"companies": too_many}}),
+        )
         .await;
     assert_error(resp, 422, "at most 10000").await;
 
     // 404: no such job, not a UUID, no such asset, no such route.
     let missing = uuid::Uuid::new_v4();
-    assert_error(app.get(&key, &format!("/api/v1/bd/jobs/{missing}")).await, 404, "not found").await;
-    assert_error(app.get(&key, &format!("/api/v1/bd/jobs/{missing}/result")).await, 404, "not found").await;
-    assert_error(app.get(&key, "/api/v1/bd/jobs/not-a-uuid").await, 404, "not found").await;
+    assert_error(
+        app.get(&key, &format!("/api/v1/bd/jobs/{missing}")).await,
+        404,
+        "not found",
+    )
+    .await;
+    assert_error(
+        app.get(&key, &format!("/api/v1/bd/jobs/{missing}/result"))
+            .await,
+        404,
+        "not found",
+    )
+    .await;
+    assert_error(
+        app.get(&key, "/api/v1/bd/jobs/not-a-uuid").await,
+        404,
+        "not found",
+    )
+    .await;
     assert_error(app.get(&key, "/api/v1/nothing").await, 404, "").await;
     let created: Value = app.post_job(&key, &demo_job()).await.json().await.unwrap();
     let job_id = created["job_id"].as_str().unwrap();
-    assert_error(app.get(&key, &format!("/api/v1/bd/jobs/{job_id}/assets/nope")).await, 404, "not found").await;
-    assert_error(app.get(&key, &format!("/api/v1/bd/jobs/{job_id}/assets/..%2F..%2Fetc")).await, 404, "not found").await;
+    assert_error(
+        app.get(&key, &format!("/api/v1/bd/jobs/{job_id}/assets/nope"))
+            .await,
+        404,
+        "not found",
+    )
+    .await;
+    assert_error(
+        app.get(
+            &key,
+            &format!("/api/v1/bd/jobs/{job_id}/assets/..%2F..%2Fetc"),
+        )
+        .await,
+        404,
+        "not found",
+    )
+    .await;
     app.wait(&key, job_id).await;
 
     // The API survived all of it.
@@ -270,14 +362,23 @@ async fn another_tenants_job_is_indistinguishable_from_a_missing_one() {
     app.wait(&a, job_id).await;
     let missing = uuid::Uuid::new_v4();
     for suffix in ["", "/result", "/assets/verified_contacts"] {
-        let theirs = app.get(&b, &format!("/api/v1/bd/jobs/{job_id}{suffix}")).await;
-        let none = app.get(&b, &format!("/api/v1/bd/jobs/{missing}{suffix}")).await;
+        let theirs = app
+            .get(&b, &format!("/api/v1/bd/jobs/{job_id}{suffix}"))
+            .await;
+        let none = app
+            .get(&b, &format!("/api/v1/bd/jobs/{missing}{suffix}"))
+            .await;
         assert_eq!(theirs.status(), 404);
         assert_eq!(none.status(), 404);
         let (t, n): (Value, Value) = (theirs.json().await.unwrap(), none.json().await.unwrap());
         assert_eq!(t, n, "the two 404s must not differ");
         // The owner still sees it.
-        assert_eq!(app.get(&a, &format!("/api/v1/bd/jobs/{job_id}{suffix}")).await.status(), 200);
+        assert_eq!(
+            app.get(&a, &format!("/api/v1/bd/jobs/{job_id}{suffix}"))
+                .await
+                .status(),
+            200
+        );
     }
     app.stop().await;
 }
@@ -285,10 +386,23 @@ async fn another_tenants_job_is_indistinguishable_from_a_missing_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_is_served_without_a_key() {
     let app = TestApp::start("openapi").await;
-    let resp = app.http.get(app.url("/api/v1/openapi.json")).send().await.unwrap();
+    let resp = app
+        .http
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let doc: Value = resp.json().await.unwrap();
     assert!(doc.is_object());
-    assert_eq!(app.http.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     app.stop().await;
 }

@@ -11,8 +11,8 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -122,8 +122,18 @@ impl Topology {
             )
             .await?;
         let queues = [
-            (self.jobs_queue(), self.commands_exchange(), RUN_JOB_KEY, true),
-            (self.projector_queue(), self.events_exchange(), "job.#", true),
+            (
+                self.jobs_queue(),
+                self.commands_exchange(),
+                RUN_JOB_KEY,
+                true,
+            ),
+            (
+                self.projector_queue(),
+                self.events_exchange(),
+                "job.#",
+                true,
+            ),
             (self.dead_queue(), self.dead_letter_exchange(), "", false),
         ];
         for (queue, exchange, key, dead_letter) in queues {

@@ -45,7 +45,11 @@ pub fn operator(location: &str) -> Result<Operator, StorageError> {
         let bucket = url.host_str().ok_or_else(|| bad("no bucket"))?;
         let mut b = services::S3::default()
             .bucket(bucket)
-            .root(if url.path().is_empty() { "/" } else { url.path() })
+            .root(if url.path().is_empty() {
+                "/"
+            } else {
+                url.path()
+            })
             .disable_config_load()
             .disable_ec2_metadata();
         for (k, v) in url.query_pairs() {
@@ -65,7 +69,9 @@ pub fn operator(location: &str) -> Result<Operator, StorageError> {
     }
     let path = location.strip_prefix("fs://").unwrap_or(location);
     if path.contains("://") {
-        return Err(bad("expected fs:///abs/path, memory:// or s3://BUCKET?endpoint=...&region=..."));
+        return Err(bad(
+            "expected fs:///abs/path, memory:// or s3://BUCKET?endpoint=...&region=...",
+        ));
     }
     let abs = if Path::new(path).is_absolute() {
         path.into()
@@ -74,7 +80,8 @@ pub fn operator(location: &str) -> Result<Operator, StorageError> {
             .map_err(|e| bad(&e.to_string()))?
             .join(path)
     };
-    std::fs::create_dir_all(&abs).map_err(|e| bad(&format!("cannot create {}: {e}", abs.display())))?;
+    std::fs::create_dir_all(&abs)
+        .map_err(|e| bad(&format!("cannot create {}: {e}", abs.display())))?;
     Ok(Operator::new(
         services::Fs::default().root(&abs.to_string_lossy()),
     )?)
@@ -96,7 +103,9 @@ mod tests {
     #[tokio::test]
     async fn the_memory_backend_stores_and_returns_bytes() {
         let op = operator("memory://").unwrap();
-        put(&op, "tenants/a/jobs/j/x", b"hello".to_vec()).await.unwrap();
+        put(&op, "tenants/a/jobs/j/x", b"hello".to_vec())
+            .await
+            .unwrap();
         assert_eq!(get(&op, "tenants/a/jobs/j/x").await.unwrap(), b"hello");
         assert!(get(&op, "missing").await.unwrap_err().is_not_found());
     }

@@ -21,11 +21,13 @@ impl FromRequestParts<AppState> for Caller {
         let value = value
             .to_str()
             .map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
-        let (scheme, token) = value
-            .split_once(' ')
-            .ok_or(ApiError::Unauthorized("expected Authorization: Bearer <token>"))?;
+        let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthorized(
+            "expected Authorization: Bearer <token>",
+        ))?;
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::Unauthorized("expected Authorization: Bearer <token>"));
+            return Err(ApiError::Unauthorized(
+                "expected Authorization: Bearer <token>",
+            ));
         }
         let token = token.trim();
         if !token.starts_with(keys::KEY_PREFIX) || token.len() > 256 {

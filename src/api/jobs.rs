@@ -8,7 +8,9 @@ use crate::adapters::db;
 use crate::domain::ids::{AssetId, JobId};
 use crate::domain::input::RawInput;
 use crate::domain::job::{JobView, ResultView};
-use crate::domain::messages::{run_job_command, Created, Event, EventRecord, JobRef, Position, RunJob};
+use crate::domain::messages::{
+    run_job_command, Created, Event, EventRecord, JobRef, Position, RunJob,
+};
 use crate::domain::plan::{plan, planning_warnings, InputShape, Request};
 use crate::domain::stages::{ExecutionOptions, IcpConfig, Summary};
 use axum::body::Body;
@@ -95,7 +97,9 @@ pub struct CreatedBody {
     created_at: String,
 }
 
-fn validate(body: &CreateJob) -> Result<(crate::domain::plan::Plan, crate::domain::input::JobInput), ApiError> {
+fn validate(
+    body: &CreateJob,
+) -> Result<(crate::domain::plan::Plan, crate::domain::input::JobInput), ApiError> {
     let request = match (&body.preset, &body.requested_capabilities) {
         (Some(_), Some(_)) => {
             return Err(ApiError::Unprocessable(
@@ -184,7 +188,9 @@ pub async fn create_job(
                 tracing::warn!(error = %e, "published, but the outbox row stays for the relay");
             }
         }
-        Err(e) => tracing::warn!(error = %e, job_id = %job.job_id, "publish failed; the outbox relay will retry"),
+        Err(e) => {
+            tracing::warn!(error = %e, job_id = %job.job_id, "publish failed; the outbox relay will retry")
+        }
     }
     let out = CreatedBody {
         job_id: job.job_id,
@@ -242,7 +248,12 @@ pub fn result_json(v: &JobView) -> serde_json::Value {
             summary,
             assets,
             created_at,
-        }) => (Some(*result_id), summary, assets.as_slice(), Some(*created_at)),
+        }) => (
+            Some(*result_id),
+            summary,
+            assets.as_slice(),
+            Some(*created_at),
+        ),
         None => (None, &empty, &[][..], None),
     };
     let assets: Vec<_> = assets

@@ -34,7 +34,10 @@ pub struct AppState {
 
 async fn openapi() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         OPENAPI,
     )
 }
@@ -129,7 +132,11 @@ pub async fn outbox_relay(pool: Pool, publisher: Arc<Publisher>, shutdown: Cance
 }
 
 /// One pass of the relay: returns how many commands it published.
-pub async fn relay_once(pool: &Pool, publisher: &Publisher, grace_secs: f64) -> anyhow::Result<usize> {
+pub async fn relay_once(
+    pool: &Pool,
+    publisher: &Publisher,
+    grace_secs: f64,
+) -> anyhow::Result<usize> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let rows = db::jobs::due_outbox(&tx, grace_secs, 100).await?;
@@ -148,8 +155,11 @@ pub async fn relay_once(pool: &Pool, publisher: &Publisher, grace_secs: f64) -> 
             .await
         {
             Ok(()) => {
-                tx.execute("DELETE FROM outbox WHERE message_id = $1", &[&row.message_id])
-                    .await?;
+                tx.execute(
+                    "DELETE FROM outbox WHERE message_id = $1",
+                    &[&row.message_id],
+                )
+                .await?;
                 published += 1;
             }
             Err(e) => {

@@ -296,8 +296,14 @@ mod tests {
             }],
         };
         let e = raw.validate().unwrap_err().to_string();
-        assert!(e.contains("input_assets.companies[1].domain: required"), "{e}");
-        assert!(e.contains("input_assets.contacts[0]: needs an email or a name"), "{e}");
+        assert!(
+            e.contains("input_assets.companies[1].domain: required"),
+            "{e}"
+        );
+        assert!(
+            e.contains("input_assets.contacts[0]: needs an email or a name"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -318,7 +324,10 @@ mod tests {
         };
         let input = raw.validate().unwrap();
         assert_eq!(input.contacts[0].first_name.as_deref(), Some("Ada"));
-        assert_eq!(input.contacts[0].last_name.as_deref(), Some("King Lovelace"));
+        assert_eq!(
+            input.contacts[0].last_name.as_deref(),
+            Some("King Lovelace")
+        );
         assert_eq!(input.contacts[1].full_name.as_deref(), Some("Alan Turing"));
     }
 }

@@ -108,7 +108,11 @@ pub struct JobView {
 pub fn deliverable_assets() -> Vec<AssetView> {
     [
         ("verified_contacts", "Verified Contacts", "application/json"),
-        ("verified_contacts_csv", "Verified Contacts (CSV)", "text/csv"),
+        (
+            "verified_contacts_csv",
+            "Verified Contacts (CSV)",
+            "text/csv",
+        ),
     ]
     .into_iter()
     .map(|(id, label, mime)| AssetView {
@@ -187,8 +191,7 @@ impl JobView {
                 self.set_message(key, &p.message);
             }
             Event::Warning(w) => {
-                if let Some(existing) = self.warning_log.iter_mut().find(|(_, m)| *m == w.message)
-                {
+                if let Some(existing) = self.warning_log.iter_mut().find(|(_, m)| *m == w.message) {
                     existing.0 = existing.0.min(at);
                 } else {
                     self.warning_log.push((at, w.message.clone()));
@@ -272,7 +275,9 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a EventRecord>) -> Option<Job
 mod tests {
     use super::*;
     use crate::domain::ids::MessageId;
-    use crate::domain::messages::{Cancelled, Completed, Created, Failed, Progress, Started, Warning};
+    use crate::domain::messages::{
+        Cancelled, Completed, Created, Failed, Progress, Started, Warning,
+    };
     use chrono::TimeZone;
     use proptest::prelude::*;
 
@@ -281,7 +286,9 @@ mod tests {
             message_id: MessageId::new(),
             job_id: JobId(Uuid::nil()),
             tenant: TenantId::parse("acme").unwrap(),
-            occurred_at: Utc.timestamp_opt(1_700_000_000 + (attempt as i64) * 1000 + seq as i64, 0).unwrap(),
+            occurred_at: Utc
+                .timestamp_opt(1_700_000_000 + (attempt as i64) * 1000 + seq as i64, 0)
+                .unwrap(),
             position: Position { attempt, seq },
             event,
         }
@@ -293,7 +300,10 @@ mod tests {
             0,
             Event::Created(Created {
                 preset: Some(Preset::VerifyExistingEmails),
-                requested_capabilities: vec![Capability::EmailVerify, Capability::DeliverableFinalize],
+                requested_capabilities: vec![
+                    Capability::EmailVerify,
+                    Capability::DeliverableFinalize,
+                ],
                 warnings: vec!["planning".into()],
                 chat_id: None,
                 companies: 0,
@@ -331,12 +341,30 @@ mod tests {
             created(),
             rec(1, 1, Event::Started(Started { worker: "a".into() })),
             progress(1, 2, 30),
-            rec(1, 3, Event::Warning(Warning { message: "w1".into() })),
+            rec(
+                1,
+                3,
+                Event::Warning(Warning {
+                    message: "w1".into(),
+                }),
+            ),
             rec(2, 1, Event::Started(Started { worker: "b".into() })),
             progress(2, 2, 20),
-            rec(2, 3, Event::Warning(Warning { message: "w1".into() })),
+            rec(
+                2,
+                3,
+                Event::Warning(Warning {
+                    message: "w1".into(),
+                }),
+            ),
             progress(2, 4, 80),
-            rec(2, 5, Event::Warning(Warning { message: "w2".into() })),
+            rec(
+                2,
+                5,
+                Event::Warning(Warning {
+                    message: "w2".into(),
+                }),
+            ),
             completed(2, 6),
         ]
     }
@@ -384,7 +412,11 @@ mod tests {
         ));
         v.apply(&progress(1, 6, 50));
         v.apply(&completed(2, 9));
-        v.apply(&rec(3, 1, Event::Cancelled(Cancelled { reason: "x".into() })));
+        v.apply(&rec(
+            3,
+            1,
+            Event::Cancelled(Cancelled { reason: "x".into() }),
+        ));
         assert_eq!(v.status, JobStatus::Failed);
         assert_eq!(v.error_message.as_deref(), Some("boom"));
         assert_eq!(v.progress_message, "Job failed.");

@@ -320,7 +320,10 @@ mod tests {
         );
         raw.version = 9;
         let err = raw.decode_event().unwrap_err();
-        assert!(err.to_string().contains("\"job.started\" version 9"), "{err}");
+        assert!(
+            err.to_string().contains("\"job.started\" version 9"),
+            "{err}"
+        );
     }
 
     #[test]

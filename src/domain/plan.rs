@@ -76,7 +76,10 @@ pub const PRESETS: [(Preset, &[Capability]); 4] = {
             ],
         ),
         (Preset::VerifyExistingEmails, &[EmailVerify]),
-        (Preset::CompanySizeAndEmailVerify, &[CompanySize, EmailVerify]),
+        (
+            Preset::CompanySizeAndEmailVerify,
+            &[CompanySize, EmailVerify],
+        ),
         (
             Preset::EnrichContactsFromCompanies,
             &[ContactDiscovery, EmailLookup, LinkedinEnrich],
@@ -163,7 +166,9 @@ pub fn plan(request: Request<'_>) -> Result<Plan, PlanError> {
             }
             let caps = names
                 .iter()
-                .map(|n| Capability::parse(n).ok_or_else(|| PlanError::UnknownCapability(n.clone())))
+                .map(|n| {
+                    Capability::parse(n).ok_or_else(|| PlanError::UnknownCapability(n.clone()))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             (None, caps)
         }
@@ -205,10 +210,7 @@ pub fn planning_warnings(plan: &Plan, shape: InputShape) -> Vec<String> {
         );
     }
     let contacts_come_later = plan.has(ContactDiscovery);
-    if plan.has(EmailVerify)
-        && !plan.has(EmailLookup)
-        && shape.contacts_without_email > 0
-    {
+    if plan.has(EmailVerify) && !plan.has(EmailLookup) && shape.contacts_without_email > 0 {
         w.push(format!(
             "email_verify was requested for {} contact(s) with no email and email_lookup is not planned; they will not be delivered",
             shape.contacts_without_email

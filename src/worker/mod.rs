@@ -9,7 +9,6 @@ pub mod sources;
 
 use crate::adapters::broker::{self, BrokerError, Outgoing, Publisher, Topology};
 use crate::adapters::db::{self, DbError};
-use deadpool_postgres::Pool;
 use crate::domain::ids::JobId;
 use crate::domain::messages::{
     Command, Event, Failed, JobRef, Position, Progress, RawEnvelope, Started, Warning,
@@ -17,6 +16,7 @@ use crate::domain::messages::{
 use crate::domain::plan::Capability;
 use async_trait::async_trait;
 use chrono::Utc;
+use deadpool_postgres::Pool;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
@@ -149,7 +149,7 @@ impl<'a> Reporter<'a> {
     /// Reports item `done` of `total`, about ten times per stage rather than once per item.
     pub async fn item(&mut self, done: usize, total: usize, what: &str) -> Result<(), BrokerError> {
         let step = (total / 10).max(1);
-        if done % step != 0 && done != total {
+        if !done.is_multiple_of(step) && done != total {
             return Ok(());
         }
         self.progress(
@@ -288,9 +288,11 @@ async fn consume(
         let delivery = match delivery {
             Some(Ok(d)) => d,
             Some(Err(e)) => return Err(e.into()),
-            None => return Err(BrokerError::Amqp(lapin::Error::from(
-                lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
-            ))),
+            None => {
+                return Err(BrokerError::Amqp(lapin::Error::from(
+                    lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+                )))
+            }
         };
         let sources = sources.clone();
         let sink = sink.clone();
@@ -316,21 +318,21 @@ async fn handle(
     name: &str,
 ) {
     let attempt = broker::attempt_of(&delivery.properties);
-    let command = match RawEnvelope::from_slice(&delivery.data)
-        .and_then(|c| c.decode_command().map(|_| c))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            // Malformed: to the dead-letter queue, once, without blocking the queue behind it.
-            tracing::error!(error = %e, "dead-lettering a malformed command");
-            let _ = delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
-            return;
-        }
-    };
-    let span = tracing::info_span!("job", job_id = %command.job_id, tenant = %command.tenant, attempt);
+    let command =
+        match RawEnvelope::from_slice(&delivery.data).and_then(|c| c.decode_command().map(|_| c)) {
+            Ok(c) => c,
+            Err(e) => {
+                // Malformed: to the dead-letter queue, once, without blocking the queue behind it.
+                tracing::error!(error = %e, "dead-lettering a malformed command");
+                let _ = delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await;
+                return;
+            }
+        };
+    let span =
+        tracing::info_span!("job", job_id = %command.job_id, tenant = %command.tenant, attempt);
     async {
         if is_finished(pool, command.job_id).await {
             tracing::info!("job already finished; acknowledging the command without running it");
@@ -340,7 +342,11 @@ async fn handle(
         let started = std::time::Instant::now();
         match process_one(&command, attempt, sources, sink, name).await {
             Ok(outcome) => {
-                tracing::info!(?outcome, elapsed_ms = started.elapsed().as_millis() as u64, "job processed");
+                tracing::info!(
+                    ?outcome,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "job processed"
+                );
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             }
             Err(e) => {

@@ -56,7 +56,12 @@ fn from_input(c: &crate::domain::input::Contact) -> DeliveredContact {
 /// "a.example, b.example and 3 more": keeps warnings readable for big jobs.
 fn list_some(items: &[String]) -> String {
     const SHOWN: usize = 5;
-    let mut s = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let mut s = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if items.len() > SHOWN {
         s.push_str(&format!(" and {} more", items.len() - SHOWN));
     }
@@ -80,7 +85,10 @@ impl<'a> Work<'a> {
             self.people.entry(d).or_default();
         }
         for p in found {
-            self.people.entry(p.company_domain.clone()).or_default().push(p);
+            self.people
+                .entry(p.company_domain.clone())
+                .or_default()
+                .push(p);
         }
         Ok(())
     }
@@ -136,8 +144,13 @@ impl<'a> Work<'a> {
         // Contacts of a disqualified company go with it.
         let kept_domains: std::collections::HashSet<&str> =
             kept.iter().map(|c| c.domain.as_str()).collect();
-        let all_domains: std::collections::HashSet<String> =
-            self.run.input.companies.iter().map(|c| c.domain.clone()).collect();
+        let all_domains: std::collections::HashSet<String> = self
+            .run
+            .input
+            .companies
+            .iter()
+            .map(|c| c.domain.clone())
+            .collect();
         self.contacts.retain(|c| {
             c.company_domain
                 .as_deref()
@@ -154,8 +167,7 @@ impl<'a> Work<'a> {
         let mut unknown = Vec::new();
         let mut bands = HashMap::new();
         for c in &mut self.companies {
-            let merged =
-                qualification::merged_facts(c, self.directory_companies.get(&c.domain));
+            let merged = qualification::merged_facts(c, self.directory_companies.get(&c.domain));
             c.employee_count = merged.employee_count;
             match c.employee_count {
                 Some(n) => {
@@ -181,7 +193,8 @@ impl<'a> Work<'a> {
 
     async fn contact_discovery(&mut self, r: &mut Reporter<'_>) -> Result<(), WorkerError> {
         let n = self.companies.len();
-        r.stage(format!("Discovering contacts at {n} companies...")).await?;
+        r.stage(format!("Discovering contacts at {n} companies..."))
+            .await?;
         let domains = self.companies.iter().map(|c| c.domain.clone()).collect();
         self.ensure_people(domains).await?;
         let mut none = Vec::new();
@@ -214,8 +227,11 @@ impl<'a> Work<'a> {
         let wanting: Vec<usize> = (0..self.contacts.len())
             .filter(|&i| self.contacts[i].email.is_none())
             .collect();
-        r.stage(format!("Looking up emails for {} contacts...", wanting.len()))
-            .await?;
+        r.stage(format!(
+            "Looking up emails for {} contacts...",
+            wanting.len()
+        ))
+        .await?;
         self.ensure_people(self.contact_domains()).await?;
         let mut guesses = HashMap::new();
         let mut unresolved = 0;
@@ -336,8 +352,11 @@ impl<'a> Work<'a> {
         r.stage("Finalising the deliverable...".to_owned()).await?;
         let (rows, dropped) = deliverable::finalize(std::mem::take(&mut self.contacts));
         if dropped.duplicates > 0 {
-            r.warn(format!("{} duplicate contact(s) removed", dropped.duplicates))
-                .await?;
+            r.warn(format!(
+                "{} duplicate contact(s) removed",
+                dropped.duplicates
+            ))
+            .await?;
         }
         if dropped.without_email > 0 {
             r.warn(format!(

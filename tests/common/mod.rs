@@ -71,7 +71,10 @@ impl Resources {
         };
         let report = bdjobs::import::import_file(
             &r.pool,
-            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/directory.jsonl")),
+            std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/directory.jsonl"
+            )),
             false,
         )
         .await
@@ -190,7 +193,9 @@ impl TestApp {
         let started = Instant::now();
         let mut seen = Vec::new();
         loop {
-            let job = self.get_json(key, &format!("/api/v1/bd/jobs/{job_id}")).await;
+            let job = self
+                .get_json(key, &format!("/api/v1/bd/jobs/{job_id}"))
+                .await;
             let done = matches!(
                 job["status"].as_str(),
                 Some("completed" | "failed" | "cancelled")

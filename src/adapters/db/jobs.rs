@@ -62,7 +62,10 @@ pub async fn insert_view(tx: &impl GenericClient, view: &JobView) -> Result<(), 
 /// The view of a job, locked for update until the transaction ends.
 pub async fn lock_view(tx: &impl GenericClient, job: JobId) -> Result<Option<JobView>, DbError> {
     match tx
-        .query_opt("SELECT view FROM jobs WHERE job_id = $1 FOR UPDATE", &[&job.0])
+        .query_opt(
+            "SELECT view FROM jobs WHERE job_id = $1 FOR UPDATE",
+            &[&job.0],
+        )
         .await?
     {
         Some(row) => Ok(Some(view_from_json(row.get(0))?)),
@@ -95,9 +98,7 @@ pub async fn events_of_job(
     )
     .await?
     .into_iter()
-    .map(|r| {
-        serde_json::from_value(r.get(0)).map_err(|e| DbError::Corrupt(format!("event: {e}")))
-    })
+    .map(|r| serde_json::from_value(r.get(0)).map_err(|e| DbError::Corrupt(format!("event: {e}"))))
     .collect()
 }
 
@@ -117,7 +118,12 @@ pub async fn create_job(
     let body = serde_json::to_vec(command).expect("envelopes serialise");
     tx.execute(
         "INSERT INTO outbox (message_id, job_id, routing_key, body) VALUES ($1, $2, $3, $4)",
-        &[&command.message_id.0, &command.job_id.0, &routing_key, &body],
+        &[
+            &command.message_id.0,
+            &command.job_id.0,
+            &routing_key,
+            &body,
+        ],
     )
     .await?;
     tx.commit().await?;

@@ -117,7 +117,10 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
 
 /// The migrations, in order. Embedded so the binary carries its own schema.
 pub const MIGRATIONS: [(&str, &str); 2] = [
-    ("0001_init", include_str!("../../../migrations/0001_init.sql")),
+    (
+        "0001_init",
+        include_str!("../../../migrations/0001_init.sql"),
+    ),
     (
         "0002_directory",
         include_str!("../../../migrations/0002_directory.sql"),

@@ -151,7 +151,9 @@ pub fn render_csv(rows: &[DeliveredContact]) -> Vec<u8> {
             cell(r.company_domain.as_deref()),
             cell(r.email.as_deref()),
             json_word(&r.email_status),
-            r.email_confidence.map(|c| c.to_string()).unwrap_or_default(),
+            r.email_confidence
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
             cell(r.email_pattern.as_deref()),
             check(|c| c.syntax),
             check(|c| c.disposable),
@@ -189,7 +191,11 @@ mod tests {
     fn duplicates_by_email_or_by_person_are_dropped_and_the_first_wins() {
         let (rows, dropped) = finalize(vec![
             contact("ada@acme.example", "Ada L", Some(EmailStatus::Verified)),
-            contact("ADA@acme.example", "Ada Lovelace", Some(EmailStatus::Verified)),
+            contact(
+                "ADA@acme.example",
+                "Ada Lovelace",
+                Some(EmailStatus::Verified),
+            ),
             contact("lovelace@acme.example", "ada l", Some(EmailStatus::Risky)),
         ]);
         assert_eq!(rows.len(), 1);
@@ -222,19 +228,30 @@ mod tests {
         assert_eq!(order, ["V", "R", "U"]);
         let mut s = Summary::default();
         count_statuses(&rows, &mut s);
-        assert_eq!((s.delivered_contacts, s.verified_emails, s.risky_emails), (3, 1, 1));
+        assert_eq!(
+            (s.delivered_contacts, s.verified_emails, s.risky_emails),
+            (3, 1, 1)
+        );
     }
 
     #[test]
     fn csv_has_a_header_one_line_per_row_and_defuses_formulas() {
-        let mut c = contact("v@acme.example", "=HYPERLINK(\"x\")", Some(EmailStatus::Verified));
+        let mut c = contact(
+            "v@acme.example",
+            "=HYPERLINK(\"x\")",
+            Some(EmailStatus::Verified),
+        );
         c.title = Some("Head of Sales, EMEA".into());
         let csv = String::from_utf8(render_csv(&[c])).unwrap();
         let csv = csv.trim_start_matches('\u{feff}');
         let lines: Vec<_> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("first_name,last_name"));
-        assert!(lines[1].contains("\"'=HYPERLINK(\"\"x\"\")\""), "{}", lines[1]);
+        assert!(
+            lines[1].contains("\"'=HYPERLINK(\"\"x\"\")\""),
+            "{}",
+            lines[1]
+        );
         assert!(lines[1].contains("\"Head of Sales, EMEA\""));
         assert!(lines[1].contains(",verified,"));
     }

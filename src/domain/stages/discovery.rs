@@ -7,7 +7,9 @@ const SENIORITIES: [&str; 6] = ["c_level", "vp", "director", "manager", "senior"
 
 /// 0 is the most senior. `None` for a value outside the documented list.
 pub fn seniority_rank(s: &str) -> Option<usize> {
-    SENIORITIES.iter().position(|x| x.eq_ignore_ascii_case(s.trim()))
+    SENIORITIES
+        .iter()
+        .position(|x| x.eq_ignore_ascii_case(s.trim()))
 }
 
 fn matches_filters(p: &DirectoryPerson, opts: &ExecutionOptions) -> bool {
@@ -93,7 +95,10 @@ pub fn enrich(contact: &mut DeliveredContact, people: &[DirectoryPerson]) -> boo
     let Some(p) = people.iter().find(|p| same_person(p, contact)) else {
         return false;
     };
-    contact.linkedin_url = contact.linkedin_url.take().or_else(|| p.linkedin_url.clone());
+    contact.linkedin_url = contact
+        .linkedin_url
+        .take()
+        .or_else(|| p.linkedin_url.clone());
     contact.headline = contact.headline.take().or_else(|| p.headline.clone());
     contact.location = contact.location.take().or_else(|| p.location.clone());
     contact.title = contact.title.take().or_else(|| p.title.clone());

@@ -1,7 +1,9 @@
 //! `email_lookup`: an address for a contact who has none, from the company's address pattern.
 
 use super::{DeliveredContact, DirectoryPerson};
-use crate::domain::email::{infer_pattern, KnownAddress, PatternGuess, FALLBACK, FALLBACK_CONFIDENCE};
+use crate::domain::email::{
+    infer_pattern, KnownAddress, PatternGuess, FALLBACK, FALLBACK_CONFIDENCE,
+};
 
 /// Every address at `domain` whose owner's name we know: the directory's and the client's.
 pub fn known_addresses(
@@ -28,7 +30,7 @@ pub fn known_addresses(
         })
     });
     let mut all: Vec<KnownAddress> = from_people.chain(from_contacts).collect();
-    all.sort_by(|a, b| a.email.to_lowercase().cmp(&b.email.to_lowercase()));
+    all.sort_by_key(|a| a.email.to_lowercase());
     all.dedup_by(|a, b| a.email.eq_ignore_ascii_case(&b.email));
     all
 }

@@ -16,7 +16,11 @@ pub fn merged_facts(company: &Company, dir: Option<&DirectoryCompany>) -> Compan
 }
 
 fn eq_any(value: Option<&str>, wanted: &[String]) -> bool {
-    value.is_some_and(|v| wanted.iter().any(|w| w.trim().eq_ignore_ascii_case(v.trim())))
+    value.is_some_and(|v| {
+        wanted
+            .iter()
+            .any(|w| w.trim().eq_ignore_ascii_case(v.trim()))
+    })
 }
 
 /// `Ok` when the company passes, else the human reason it does not. A criterion whose fact is

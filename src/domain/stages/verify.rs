@@ -63,7 +63,11 @@ fn flag(flagged: bool) -> Check {
 }
 
 /// Completes the checks with the network verdicts and classifies the address.
-pub fn verdict(mut checks: EmailChecks, mx: MxVerdict, smtp: SmtpVerdict) -> (EmailStatus, EmailChecks) {
+pub fn verdict(
+    mut checks: EmailChecks,
+    mx: MxVerdict,
+    smtp: SmtpVerdict,
+) -> (EmailStatus, EmailChecks) {
     checks.mx = match mx {
         MxVerdict::MailServer => Check::Pass,
         MxVerdict::ImplicitMx => Check::Warn,
@@ -94,7 +98,11 @@ mod tests {
     #[test]
     fn a_personal_address_with_a_mail_server_is_verified() {
         assert_eq!(
-            status("ada@acme.example", MxVerdict::MailServer, SmtpVerdict::NotProbed),
+            status(
+                "ada@acme.example",
+                MxVerdict::MailServer,
+                SmtpVerdict::NotProbed
+            ),
             EmailStatus::Verified
         );
     }
@@ -110,7 +118,11 @@ mod tests {
     #[test]
     fn a_role_account_is_risky() {
         assert_eq!(
-            status("sales@acme.example", MxVerdict::MailServer, SmtpVerdict::NotProbed),
+            status(
+                "sales@acme.example",
+                MxVerdict::MailServer,
+                SmtpVerdict::NotProbed
+            ),
             EmailStatus::Risky
         );
     }
@@ -118,7 +130,11 @@ mod tests {
     #[test]
     fn a_domain_without_a_mail_server_is_invalid() {
         assert_eq!(
-            status("ada@acme.example", MxVerdict::NoMailServer, SmtpVerdict::NotProbed),
+            status(
+                "ada@acme.example",
+                MxVerdict::NoMailServer,
+                SmtpVerdict::NotProbed
+            ),
             EmailStatus::Invalid
         );
     }
@@ -126,15 +142,27 @@ mod tests {
     #[test]
     fn a_dns_timeout_is_unknown_and_a_catch_all_is_risky() {
         assert_eq!(
-            status("ada@acme.example", MxVerdict::Unknown, SmtpVerdict::NotProbed),
+            status(
+                "ada@acme.example",
+                MxVerdict::Unknown,
+                SmtpVerdict::NotProbed
+            ),
             EmailStatus::Unknown
         );
         assert_eq!(
-            status("ada@acme.example", MxVerdict::MailServer, SmtpVerdict::CatchAll),
+            status(
+                "ada@acme.example",
+                MxVerdict::MailServer,
+                SmtpVerdict::CatchAll
+            ),
             EmailStatus::Risky
         );
         assert_eq!(
-            status("ada@acme.example", MxVerdict::MailServer, SmtpVerdict::Rejected),
+            status(
+                "ada@acme.example",
+                MxVerdict::MailServer,
+                SmtpVerdict::Rejected
+            ),
             EmailStatus::Invalid
         );
     }

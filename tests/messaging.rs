@@ -1,0 +1,260 @@
+//! The messaging guarantees against the real broker and database: a command survives a failed
+//! publish (outbox), a malformed message is dead-lettered without blocking the queue, and several
+//! copies of every role share the work without losing or doubling any of it.
+
+mod common;
+
+use bdjobs::adapters::broker::{Outgoing, Publisher, RUN_JOB_KEY};
+use bdjobs::api::{self, AppState};
+use bdjobs::app;
+use bdjobs::domain::ids::{JobId, TenantId};
+use bdjobs::domain::job::JobStatus;
+use common::{Resources, TestApp};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+fn small_job(i: usize) -> Value {
+    json!({
+        "preset": "verify_existing_emails",
+        "input_assets": {"contacts": [
+            {"full_name": format!("Person {i}"), "email": format!("p{i}@lumen.example")},
+            {"full_name": "Sales", "email": "sales@brightwave.example"}
+        ]}
+    })
+}
+
+async fn wait_in_db(res: &Resources, tenant: &str, job: JobId) -> JobStatus {
+    let tenant = TenantId::parse(tenant).unwrap();
+    let started = Instant::now();
+    loop {
+        let view = bdjobs::adapters::db::jobs::get_view(&res.pool, &tenant, job)
+            .await
+            .unwrap()
+            .unwrap();
+        if view.status.is_terminal() {
+            return view.status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "job {job} stuck at {:?}",
+            view.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn outbox_rows(res: &Resources) -> i64 {
+    res.pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_accepted_while_the_broker_is_unreachable_is_published_by_the_outbox_relay() {
+    let res = Resources::new("outbox").await;
+    let key = res.key("acme").await;
+    // An API whose broker address answers nothing.
+    let dead_broker = Arc::new(Publisher::new(
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+        "test-dead",
+        res.topology(),
+    ));
+    let state = AppState {
+        pool: res.pool.clone(),
+        storage: bdjobs::adapters::storage::operator(&res.config.assets_location()).unwrap(),
+        publisher: dead_broker,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/api/v1/bd/jobs"))
+        .bearer_auth(&key)
+        .json(&small_job(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "accepted although the broker is down");
+    let created: Value = resp.json().await.unwrap();
+    let job = JobId(created["job_id"].as_str().unwrap().parse().unwrap());
+    assert_eq!(
+        outbox_rows(&res).await,
+        1,
+        "the command waits in the outbox"
+    );
+
+    let good = Publisher::new(&res.config.amqp_url, "test-relay", res.topology());
+    assert_eq!(api::relay_once(&res.pool, &good, 0.0).await.unwrap(), 1);
+    assert_eq!(outbox_rows(&res).await, 0);
+
+    let dns = bdjobs::adapters::dns_stub::StubDns::start(
+        "127.0.0.1:0".parse().unwrap(),
+        common::demo_zone(),
+    )
+    .await
+    .unwrap();
+    let mut config = res.config.clone();
+    config.dns_nameserver = Some(dns.addr());
+    let shutdown = CancellationToken::new();
+    let w = tokio::spawn({
+        let (c, p, s) = (config.clone(), res.pool.clone(), shutdown.clone());
+        async move { app::run_worker(&c, p, s).await }
+    });
+    let p = tokio::spawn({
+        let (c, p, s) = (config.clone(), res.pool.clone(), shutdown.clone());
+        async move { app::run_projector(&c, p, s).await }
+    });
+    assert_eq!(wait_in_db(&res, "acme", job).await, JobStatus::Completed);
+    shutdown.cancel();
+    w.await.unwrap().unwrap();
+    p.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_command_is_dead_lettered_and_the_queue_keeps_moving() {
+    let app = TestApp::start("poison").await;
+    let key = app.res.key("acme").await;
+    let publisher = Publisher::new(&app.res.config.amqp_url, "test-poison", app.res.topology());
+    let exchange = app.res.topology().commands_exchange();
+    for (i, body) in [
+        &b"not json at all"[..],
+        br#"{"type":"job.run","version":99}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        publisher
+            .publish(Outgoing {
+                exchange: &exchange,
+                routing_key: RUN_JOB_KEY,
+                message_id: &format!("poison-{i}"),
+                kind: "job.run",
+                body,
+            })
+            .await
+            .unwrap();
+    }
+    let created: Value = app
+        .post_job(&key, &small_job(2))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let last = app
+        .wait(&key, created["job_id"].as_str().unwrap())
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(last["status"], "completed");
+
+    let conn = bdjobs::adapters::broker::connect(&app.res.config.amqp_url, "test-inspect")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let started = Instant::now();
+    loop {
+        let q = ch
+            .queue_declare(
+                app.res.topology().dead_queue().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        if q.message_count() == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{} dead-lettered",
+            q.message_count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_every_role_share_the_work_and_every_job_completes_once() {
+    let app = TestApp::start("scale").await;
+    let key = app.res.key("acme").await;
+    // A second API, worker and projector on the same database and namespace.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base2 = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown2 = CancellationToken::new();
+    let second = tokio::spawn({
+        let (mut c, p, s) = (
+            app.res.config.clone(),
+            app.res.pool.clone(),
+            shutdown2.clone(),
+        );
+        c.dns_nameserver = Some(app.dns.addr());
+        async move { app::run_all(&c, p, listener, s).await }
+    });
+
+    let jobs = 30;
+    let mut ids = Vec::new();
+    for i in 0..jobs {
+        let base = if i % 2 == 0 {
+            app.base.clone()
+        } else {
+            base2.clone()
+        };
+        let resp = app
+            .http
+            .post(format!("{base}/api/v1/bd/jobs"))
+            .bearer_auth(&key)
+            .json(&small_job(i))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let v: Value = resp.json().await.unwrap();
+        ids.push(v["job_id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let last = app.wait(&key, id).await.pop().unwrap();
+        assert_eq!(last["status"], "completed");
+        let result = app
+            .get_json(&key, &format!("/api/v1/bd/jobs/{id}/result"))
+            .await;
+        assert_eq!(result["summary"]["delivered_contacts"], 2, "{result}");
+        assert_eq!(result["summary"]["verified_emails"], 1);
+    }
+    // Exactly one terminal event per job: no job ran to completion twice.
+    let client = app.res.pool.get().await.unwrap();
+    let doubled: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT job_id FROM events WHERE type = 'job.completed'
+             GROUP BY job_id HAVING count(*) > 1) d",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(doubled, 0);
+    let completed: i64 = client
+        .query_one("SELECT count(*) FROM jobs WHERE status = 'completed'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(completed, jobs as i64);
+    drop(client);
+    shutdown2.cancel();
+    second.await.unwrap().unwrap();
+    app.stop().await;
+}

@@ -1,0 +1,274 @@
+//! The worker's step, driven directly: no broker, no database. The directory is in memory, DNS
+//! is the stub nameserver on 127.0.0.1, SMTP is the stub responder on 127.0.0.1.
+
+mod common;
+
+use async_trait::async_trait;
+use bdjobs::adapters::broker::DELIVERY_LIMIT;
+use bdjobs::adapters::db::DbError;
+use bdjobs::adapters::dns::HickoryMailResolver;
+use bdjobs::adapters::dns_stub::{StubDns, StubZone};
+use bdjobs::adapters::smtp::TcpSmtpProber;
+use bdjobs::adapters::smtp_stub::{SmtpPolicy, StubSmtp};
+use bdjobs::domain::ids::{JobId, TenantId};
+use bdjobs::domain::input::{RawContact, RawInput};
+use bdjobs::domain::job::{fold, JobStatus, JobView};
+use bdjobs::domain::messages::{run_job_command, Event, EventRecord, JobRef, RunJob};
+use bdjobs::domain::plan::{plan, Capability, Plan, Request};
+use bdjobs::domain::stages::{DirectoryCompany, DirectoryPerson, ExecutionOptions, IcpConfig};
+use bdjobs::import::{parse, Record};
+use bdjobs::worker::pipeline::Sources;
+use bdjobs::worker::sources::{Directory, StaticDirectory};
+use bdjobs::worker::{process_one, Outcome, VecSink};
+use chrono::Utc;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn sample_directory() -> StaticDirectory {
+    let path = std::path::Path::new("examples/directory.jsonl");
+    let data = include_str!("../examples/directory.jsonl");
+    let mut dir = StaticDirectory::default();
+    for (_, rec) in parse(path, data).unwrap() {
+        match rec.unwrap() {
+            Record::Company(c) => dir.companies.push(c),
+            Record::Person(p) => dir.people.push(p),
+        }
+    }
+    dir
+}
+
+fn job() -> JobRef {
+    JobRef {
+        job_id: JobId::new(),
+        tenant: TenantId::parse("acme").unwrap(),
+    }
+}
+
+fn demo_run() -> RunJob {
+    let body = common::demo_job();
+    let input: RawInput = serde_json::from_value(body["input_assets"].clone()).unwrap();
+    RunJob {
+        plan: plan(Request::Preset("full_pipeline")).unwrap(),
+        input: input.validate().unwrap(),
+        icp_config: serde_json::from_value::<IcpConfig>(body["icp_config"].clone()).unwrap(),
+        execution_options: serde_json::from_value::<ExecutionOptions>(
+            body["execution_options"].clone(),
+        )
+        .unwrap(),
+    }
+}
+
+async fn sources(dns: &StubDns, directory: Arc<dyn Directory>, smtp_port: Option<u16>) -> Sources {
+    Sources {
+        directory,
+        dns: Arc::new(
+            HickoryMailResolver::new(Some(dns.addr()), Duration::from_millis(800)).unwrap(),
+        ),
+        smtp: smtp_port.map(|port| {
+            Arc::new(TcpSmtpProber::new(
+                port,
+                "bdjobs.test",
+                "probe@bdjobs.test",
+                Duration::from_secs(3),
+            )) as Arc<dyn bdjobs::adapters::smtp::SmtpProber>
+        }),
+    }
+}
+
+/// Folds what a run emitted, with a `job.created` in front, into the read model.
+fn view_of(job: &JobRef, plan: &Plan, events: &[bdjobs::domain::messages::RawEnvelope]) -> JobView {
+    let created = Event::Created(bdjobs::domain::messages::Created {
+        preset: plan.preset,
+        requested_capabilities: plan.capabilities.clone(),
+        warnings: vec![],
+        chat_id: None,
+        companies: 0,
+        contacts: 0,
+    })
+    .into_envelope(job, bdjobs::domain::messages::Position::ORIGIN, Utc::now());
+    let records: Vec<EventRecord> = std::iter::once(&created)
+        .chain(events)
+        .map(|e| EventRecord::from_raw(e).unwrap())
+        .collect();
+    fold(&records).unwrap()
+}
+
+fn completed(
+    events: &[bdjobs::domain::messages::RawEnvelope],
+) -> bdjobs::domain::messages::Completed {
+    let last = EventRecord::from_raw(events.last().unwrap()).unwrap();
+    match last.event {
+        Event::Completed(c) => c,
+        other => panic!("last event is {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_demo_job_completes_with_18_contacts_of_which_14_are_verified() {
+    let dns = StubDns::start("127.0.0.1:0".parse().unwrap(), common::demo_zone())
+        .await
+        .unwrap();
+    let src = sources(&dns, Arc::new(sample_directory()), None).await;
+    let (job, run) = (job(), demo_run());
+    let sink = VecSink::default();
+    let cmd = run_job_command(&job, &run, Utc::now());
+    let outcome = process_one(&cmd, 1, &src, &sink, "test").await.unwrap();
+    assert_eq!(outcome, Outcome::Completed);
+    let events = sink.0.lock().await.clone();
+    assert_eq!(events[0].kind, "job.started");
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "numbered in order"
+    );
+    let done = completed(&events);
+    assert_eq!(done.summary.delivered_contacts, 18);
+    assert_eq!(done.summary.verified_emails, 14);
+    assert_eq!(done.summary.companies_processed, 2);
+    let view = view_of(&job, &run.plan, &events);
+    assert_eq!(view.status, JobStatus::Completed);
+    assert!(view
+        .warnings
+        .iter()
+        .any(|w| w.contains("Oldmill") || w.contains("oldmill.example")));
+    // The MX cache asks each domain once per job, however many contacts share it.
+    let mx_domains = 5; // brightwave, lumen, mailinator, lumen-labs, quietharbor
+    assert!(dns.queries() <= mx_domains * 3, "{} queries", dns.queries());
+}
+
+fn verify_only(emails: &[&str]) -> RunJob {
+    let contacts = emails
+        .iter()
+        .map(|e| RawContact {
+            email: Some((*e).to_owned()),
+            ..Default::default()
+        })
+        .collect();
+    RunJob {
+        plan: plan(Request::Preset("verify_existing_emails")).unwrap(),
+        input: RawInput {
+            companies: vec![],
+            contacts,
+        }
+        .validate()
+        .unwrap(),
+        icp_config: IcpConfig::default(),
+        execution_options: ExecutionOptions::default(),
+    }
+}
+
+#[tokio::test]
+async fn the_smtp_probe_rejects_unknown_mailboxes_and_flags_catch_all_servers() {
+    let zone = StubZone::new()
+        .mx("strict.test", 10, "mx.strict.test")
+        .a("mx.strict.test", "127.0.0.1".parse().unwrap());
+    let dns = StubDns::start("127.0.0.1:0".parse().unwrap(), zone)
+        .await
+        .unwrap();
+    let smtp = StubSmtp::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SmtpPolicy::accept_only(["ada@strict.test"]),
+    )
+    .await
+    .unwrap();
+    let src = sources(
+        &dns,
+        Arc::new(StaticDirectory::default()),
+        Some(smtp.addr().port()),
+    )
+    .await;
+    let run = verify_only(&["ada@strict.test", "ghost@strict.test"]);
+    let sink = VecSink::default();
+    let cmd = run_job_command(&job(), &run, Utc::now());
+    process_one(&cmd, 1, &src, &sink, "test").await.unwrap();
+    let done = completed(&sink.0.lock().await);
+    assert_eq!(done.summary.delivered_contacts, 1);
+    assert_eq!(done.summary.verified_emails, 1);
+    assert_eq!(done.summary.invalid_emails, 1);
+    assert!(
+        !smtp.commands().iter().any(|c| c.starts_with("DATA")),
+        "never sends mail"
+    );
+
+    let catch_all = StubSmtp::start("127.0.0.1:0".parse().unwrap(), SmtpPolicy::AcceptAll)
+        .await
+        .unwrap();
+    let src = sources(
+        &dns,
+        Arc::new(StaticDirectory::default()),
+        Some(catch_all.addr().port()),
+    )
+    .await;
+    let sink = VecSink::default();
+    let cmd = run_job_command(&job(), &verify_only(&["ghost@strict.test"]), Utc::now());
+    process_one(&cmd, 1, &src, &sink, "test").await.unwrap();
+    let done = completed(&sink.0.lock().await);
+    assert_eq!(
+        done.summary.risky_emails, 1,
+        "a catch-all acceptance proves nothing"
+    );
+    assert_eq!(
+        done.contacts[0].email_checks.as_ref().unwrap().smtp,
+        bdjobs::domain::email::Check::Warn
+    );
+}
+
+#[tokio::test]
+async fn a_plan_without_finalisation_fails_the_job_with_a_clear_message() {
+    let dns = StubDns::start("127.0.0.1:0".parse().unwrap(), StubZone::new())
+        .await
+        .unwrap();
+    let src = sources(&dns, Arc::new(StaticDirectory::default()), None).await;
+    let mut run = verify_only(&["a@b.example"]);
+    run.plan.capabilities = vec![Capability::EmailVerify];
+    let (job, sink) = (job(), VecSink::default());
+    let cmd = run_job_command(&job, &run, Utc::now());
+    assert_eq!(
+        process_one(&cmd, 1, &src, &sink, "t").await.unwrap(),
+        Outcome::Failed
+    );
+    let view = view_of(&job, &run.plan, &sink.0.lock().await);
+    assert_eq!(view.status, JobStatus::Failed);
+    assert!(view.error_message.unwrap().contains("deliverable_finalize"));
+}
+
+/// A directory whose database is down.
+struct DownDirectory;
+
+#[async_trait]
+impl Directory for DownDirectory {
+    async fn companies(&self, _: &[String]) -> Result<Vec<DirectoryCompany>, DbError> {
+        Err(DbError::Pool(deadpool_postgres::PoolError::Closed))
+    }
+    async fn people(&self, _: &[String]) -> Result<Vec<DirectoryPerson>, DbError> {
+        Err(DbError::Pool(deadpool_postgres::PoolError::Closed))
+    }
+}
+
+#[tokio::test]
+async fn a_dependency_outage_is_retried_until_the_last_attempt_then_fails_the_job() {
+    let dns = StubDns::start("127.0.0.1:0".parse().unwrap(), StubZone::new())
+        .await
+        .unwrap();
+    let src = sources(&dns, Arc::new(DownDirectory), None).await;
+    let run = demo_run();
+    let job = job();
+    let cmd = run_job_command(&job, &run, Utc::now());
+    let err = process_one(&cmd, 1, &src, &VecSink::default(), "t")
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    let sink = VecSink::default();
+    let last = DELIVERY_LIMIT as u32;
+    assert_eq!(
+        process_one(&cmd, last, &src, &sink, "t").await.unwrap(),
+        Outcome::Failed
+    );
+    let view = view_of(&job, &run.plan, &sink.0.lock().await);
+    assert_eq!(view.status, JobStatus::Failed);
+    assert!(view
+        .error_message
+        .unwrap()
+        .starts_with("qualification failed"));
+}
