@@ -9,7 +9,7 @@ use crate::api::{self, AppState};
 use crate::config::{Config, Switch};
 use crate::projector::{self, ProjectorConfig};
 use crate::worker::pipeline::Sources;
-use crate::worker::sources::PgDirectory;
+use crate::worker::sources::{PgCancelSignal, PgDirectory};
 use crate::worker::{self, WorkerConfig};
 use anyhow::Context;
 use deadpool_postgres::Pool;
@@ -53,20 +53,18 @@ pub fn sources(config: &Config, pool: &Pool) -> anyhow::Result<Sources> {
         Duration::from_millis(config.dns_timeout_ms),
     )
     .context("could not set up the DNS resolver")?;
-    let smtp = match config.smtp_probe {
-        Switch::On => Some(Arc::new(TcpSmtpProber::new(
+    let mut sources = Sources::new(Arc::new(PgDirectory(pool.clone())), Arc::new(dns))
+        .with_cancel(Arc::new(PgCancelSignal(pool.clone())))
+        .with_job_timeout(Duration::from_secs(config.job_timeout_secs.max(1)));
+    if config.smtp_probe == Switch::On {
+        sources = sources.with_smtp(Arc::new(TcpSmtpProber::new(
             config.smtp_port,
             "bdjobs.invalid",
             "probe@bdjobs.invalid",
             Duration::from_secs(10),
-        )) as Arc<dyn crate::adapters::smtp::SmtpProber>),
-        Switch::Off => None,
-    };
-    Ok(Sources {
-        directory: Arc::new(PgDirectory(pool.clone())),
-        dns: Arc::new(dns),
-        smtp,
-    })
+        )));
+    }
+    Ok(sources)
 }
 
 pub async fn run_api(
@@ -100,6 +98,7 @@ pub async fn run_worker(
         topology: topology(config),
         concurrency: config.worker_concurrency.max(1),
         name: process_name("worker"),
+        shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
     };
     worker::run(wc, sources, pool, shutdown).await
 }
@@ -115,6 +114,7 @@ pub async fn run_projector(
         topology: topology(config),
         prefetch: config.projector_prefetch.max(1),
         name: process_name("projector"),
+        stuck_after: Duration::from_secs(config.stuck_after_secs.max(1)),
     };
     projector::run(pc, pool, storage, shutdown).await
 }

@@ -108,6 +108,36 @@ pub struct Config {
     #[arg(long, env = "BDJOBS_DB_POOL_SIZE", default_value_t = 16, global = true)]
     pub db_pool_size: usize,
 
+    /// A job still running after this many seconds fails. Keep it below RabbitMQ's
+    /// consumer_timeout (30 min by default), or the broker takes the job away mid-run.
+    #[arg(
+        long,
+        env = "BDJOBS_JOB_TIMEOUT_SECS",
+        default_value_t = 1200,
+        global = true
+    )]
+    pub job_timeout_secs: u64,
+
+    /// A pending or running job whose progress has not changed for this many seconds is failed
+    /// by the projector's reaper.
+    #[arg(
+        long,
+        env = "BDJOBS_STUCK_AFTER_SECS",
+        default_value_t = 3600,
+        global = true
+    )]
+    pub stuck_after_secs: u64,
+
+    /// On SIGTERM, how long in-flight jobs may take to finish before the process exits and the
+    /// broker redelivers them.
+    #[arg(
+        long,
+        env = "BDJOBS_SHUTDOWN_GRACE_SECS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub shutdown_grace_secs: u64,
+
     /// Log format.
     #[arg(
         long,
@@ -120,6 +150,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// The configuration the binary would run with given no flags: defaults, overridden by the
+    /// environment. Tests start from it and set what they need.
+    pub fn from_env() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
+        }
+        <Only as clap::Parser>::parse_from(["bdjobs"]).config
+    }
+
     pub fn assets_location(&self) -> String {
         self.assets
             .clone()

@@ -69,17 +69,16 @@ async fn recorded_job(res: &Resources) -> (JobRef, RawEnvelope, Vec<RawEnvelope>
     )
     .await
     .unwrap();
-    let sources = Sources {
-        directory: Arc::new(StaticDirectory::default()),
-        dns: Arc::new(
+    let sources = Sources::new(
+        Arc::new(StaticDirectory::default()),
+        Arc::new(
             bdjobs::adapters::dns::HickoryMailResolver::new(
                 Some(dns.addr()),
                 std::time::Duration::from_secs(1),
             )
             .unwrap(),
         ),
-        smtp: None,
-    };
+    );
     let sink = VecSink::default();
     process_one(&cmd, 1, &sources, &sink, "t").await.unwrap();
     let events = sink.0.lock().await.clone();

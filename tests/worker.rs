@@ -59,19 +59,16 @@ fn demo_run() -> RunJob {
 }
 
 async fn sources(dns: &StubDns, directory: Arc<dyn Directory>, smtp_port: Option<u16>) -> Sources {
-    Sources {
-        directory,
-        dns: Arc::new(
-            HickoryMailResolver::new(Some(dns.addr()), Duration::from_millis(800)).unwrap(),
-        ),
-        smtp: smtp_port.map(|port| {
-            Arc::new(TcpSmtpProber::new(
-                port,
-                "bdjobs.test",
-                "probe@bdjobs.test",
-                Duration::from_secs(3),
-            )) as Arc<dyn bdjobs::adapters::smtp::SmtpProber>
-        }),
+    let resolver = HickoryMailResolver::new(Some(dns.addr()), Duration::from_millis(800)).unwrap();
+    let sources = Sources::new(directory, Arc::new(resolver));
+    match smtp_port {
+        Some(port) => sources.with_smtp(Arc::new(TcpSmtpProber::new(
+            port,
+            "bdjobs.test",
+            "probe@bdjobs.test",
+            Duration::from_secs(3),
+        ))),
+        None => sources,
     }
 }
 
@@ -271,4 +268,84 @@ async fn a_dependency_outage_is_retried_until_the_last_attempt_then_fails_the_jo
         .error_message
         .unwrap()
         .starts_with("qualification failed"));
+}
+
+#[tokio::test]
+async fn a_job_that_outlives_its_timeout_fails_and_names_the_stage() {
+    let zone = StubZone::new().slow("hang.test");
+    let dns = StubDns::start("127.0.0.1:0".parse().unwrap(), zone)
+        .await
+        .unwrap();
+    let src = sources(&dns, Arc::new(StaticDirectory::default()), None)
+        .await
+        .with_job_timeout(Duration::from_millis(300));
+    let (job, sink) = (job(), VecSink::default());
+    let run = verify_only(&["a@hang.test"]);
+    let cmd = run_job_command(&job, &run, Utc::now());
+    assert_eq!(
+        process_one(&cmd, 1, &src, &sink, "t").await.unwrap(),
+        Outcome::Failed
+    );
+    let view = view_of(&job, &run.plan, &sink.0.lock().await);
+    let error = view.error_message.unwrap();
+    assert!(error.contains("did not finish within"), "{error}");
+    assert!(error.contains("email_verify"), "{error}");
+}
+
+#[tokio::test]
+async fn a_command_redelivered_past_the_limit_fails_without_running() {
+    let dns = StubDns::start("127.0.0.1:0".parse().unwrap(), StubZone::new())
+        .await
+        .unwrap();
+    let src = sources(&dns, Arc::new(StaticDirectory::default()), None).await;
+    let (job, sink) = (job(), VecSink::default());
+    let run = verify_only(&["a@b.example"]);
+    let cmd = run_job_command(&job, &run, Utc::now());
+    let attempt = DELIVERY_LIMIT as u32 + 1;
+    assert_eq!(
+        process_one(&cmd, attempt, &src, &sink, "t").await.unwrap(),
+        Outcome::Failed
+    );
+    let events = sink.0.lock().await;
+    assert_eq!(events.len(), 1, "nothing ran");
+    let view = view_of(&job, &run.plan, &events);
+    assert!(view
+        .error_message
+        .unwrap()
+        .contains("gave up after 5 attempts"));
+    assert_eq!(dns.queries(), 0);
+}
+
+/// Cancels as soon as it is first asked.
+struct CancelNow;
+
+#[async_trait]
+impl bdjobs::worker::sources::CancelSignal for CancelNow {
+    async fn requested(&self, _: JobId) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_job_stops_at_a_stage_boundary_and_keeps_partial_results() {
+    let dns = StubDns::start("127.0.0.1:0".parse().unwrap(), common::demo_zone())
+        .await
+        .unwrap();
+    let src = sources(&dns, Arc::new(sample_directory()), None)
+        .await
+        .with_cancel(Arc::new(CancelNow));
+    let (job, sink) = (job(), VecSink::default());
+    let run = demo_run();
+    let cmd = run_job_command(&job, &run, Utc::now());
+    assert_eq!(
+        process_one(&cmd, 1, &src, &sink, "t").await.unwrap(),
+        Outcome::Cancelled
+    );
+    let view = view_of(&job, &run.plan, &sink.0.lock().await);
+    assert_eq!(view.status, JobStatus::Cancelled);
+    let result = view.result.expect("partial result");
+    assert!(result.assets.iter().all(|a| a.availability == "partial"));
+    // Stopped before the first stage: only the client's own contacts, unverified.
+    assert_eq!(result.summary.verified_emails, 0);
+    assert_eq!(dns.queries(), 0);
 }

@@ -16,6 +16,8 @@ pub enum ApiError {
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     Unprocessable(String),
     #[error("{0}")]
     Unavailable(&'static str),
@@ -25,6 +27,18 @@ pub enum ApiError {
 
 impl From<crate::adapters::db::DbError> for ApiError {
     fn from(e: crate::adapters::db::DbError) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl From<crate::projector::ProjectorError> for ApiError {
+    fn from(e: crate::projector::ProjectorError) -> Self {
         ApiError::Internal(e.into())
     }
 }
@@ -42,6 +56,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

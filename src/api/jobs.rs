@@ -336,3 +336,41 @@ pub async fn get_asset(
     );
     Ok(resp)
 }
+
+/// Cancels a job. A pending job is cancelled at once (no worker has started it: its result has
+/// nothing in it); a running one is flagged, and its worker stops at the next stage boundary,
+/// keeping what it has done as partial assets. 409 once the job has finished.
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(job_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_job_id(&job_id)?;
+    let mut client = state.pool.get().await.map_err(db::DbError::from)?;
+    let tx = client.transaction().await?;
+    let mut view = db::jobs::lock_tenant_view(&tx, &caller.0, id)
+        .await?
+        .ok_or(ApiError::NotFound("job not found"))?;
+    if view.status.is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "job is already {}; only pending or running jobs can be cancelled",
+            view.status.as_str()
+        )));
+    }
+    db::jobs::mark_cancel_requested(&tx, id).await?;
+    if view.status == crate::domain::job::JobStatus::Pending {
+        let job = JobRef {
+            job_id: id,
+            tenant: caller.0.clone(),
+        };
+        let raw = Event::Cancelled(crate::domain::messages::Cancelled {
+            reason: "cancelled by the client before it started".to_owned(),
+            partial: None,
+        })
+        .into_envelope(&job, Position::API_CANCEL, Utc::now());
+        crate::projector::append_and_fold(&tx, &mut view, &raw).await?;
+    }
+    tx.commit().await?;
+    tracing::info!(job_id = %id, status = view.status.as_str(), "cancellation requested");
+    Ok((StatusCode::ACCEPTED, Json(job_json(&view))).into_response())
+}

@@ -74,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/bd/jobs", post(jobs::create_job))
         .route("/bd/jobs/{job_id}", get(jobs::get_job))
         .route("/bd/jobs/{job_id}/result", get(jobs::get_result))
+        .route("/bd/jobs/{job_id}/cancel", post(jobs::cancel_job))
         .route("/bd/jobs/{job_id}/assets/{asset_id}", get(jobs::get_asset))
         .route("/openapi.json", get(openapi));
     Router::new()

@@ -59,8 +59,11 @@ impl JobStatus {
 }
 
 /// How an asset can be fetched. `inline`: stored and downloadable now, through its
-/// `download_url`. (The only value produced today; documented in the OpenAPI document.)
+/// `download_url`.
 pub const AVAILABILITY_INLINE: &str = "inline";
+/// `partial`: stored and downloadable now, but from a job that was cancelled mid-run: it holds
+/// what the job had done before it stopped.
+pub const AVAILABILITY_PARTIAL: &str = "partial";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssetView {
@@ -104,8 +107,8 @@ pub struct JobView {
     pub planning_warnings: Vec<String>,
 }
 
-/// The assets a completed job publishes, in the order the result lists them.
-pub fn deliverable_assets() -> Vec<AssetView> {
+/// The assets a job publishes, in the order the result lists them.
+pub fn deliverable_assets(availability: &str) -> Vec<AssetView> {
     [
         ("verified_contacts", "Verified Contacts", "application/json"),
         (
@@ -120,7 +123,7 @@ pub fn deliverable_assets() -> Vec<AssetView> {
         label: label.to_owned(),
         kind: "contacts".to_owned(),
         mime_type: mime.to_owned(),
-        availability: AVAILABILITY_INLINE.to_owned(),
+        availability: availability.to_owned(),
     })
     .collect()
 }
@@ -236,7 +239,7 @@ impl JobView {
                 self.result = Some(ResultView {
                     result_id: result_id_for(self.job_id),
                     summary: c.summary.clone(),
-                    assets: deliverable_assets(),
+                    assets: deliverable_assets(AVAILABILITY_INLINE),
                     created_at: rec.occurred_at,
                 });
             }
@@ -248,6 +251,14 @@ impl JobView {
             Event::Cancelled(c) => {
                 self.status = JobStatus::Cancelled;
                 self.progress_message = format!("Job cancelled: {}", c.reason);
+                if let Some(partial) = &c.partial {
+                    self.result = Some(ResultView {
+                        result_id: result_id_for(self.job_id),
+                        summary: partial.summary.clone(),
+                        assets: deliverable_assets(AVAILABILITY_PARTIAL),
+                        created_at: rec.occurred_at,
+                    });
+                }
             }
             _ => unreachable!("set_terminal is only called for terminal events"),
         }
@@ -415,7 +426,10 @@ mod tests {
         v.apply(&rec(
             3,
             1,
-            Event::Cancelled(Cancelled { reason: "x".into() }),
+            Event::Cancelled(Cancelled {
+                reason: "x".into(),
+                partial: None,
+            }),
         ));
         assert_eq!(v.status, JobStatus::Failed);
         assert_eq!(v.error_message.as_deref(), Some("boom"));

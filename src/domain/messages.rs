@@ -19,8 +19,13 @@ pub struct Position {
 }
 
 impl Position {
-    /// `job.created` and other API-side events come before any worker attempt.
+    /// `job.created` comes before any worker attempt.
     pub const ORIGIN: Position = Position { attempt: 0, seq: 0 };
+    /// A `job.cancelled` written by the API for a job no worker had started. Attempt 0 orders it
+    /// before anything a worker reports, so a worker that started anyway cannot overturn it.
+    pub const API_CANCEL: Position = Position { attempt: 0, seq: 1 };
+    /// A `job.failed` written by the stuck-job reaper: likewise final once written.
+    pub const REAPER: Position = Position { attempt: 0, seq: 2 };
 }
 
 /// The generic envelope as it travels: the payload stays raw JSON until [`RawEnvelope::decode`]
@@ -209,6 +214,10 @@ pub struct Failed {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cancelled {
     pub reason: String,
+    /// What the job had done when it stopped, when a worker stopped it mid-run: delivered as
+    /// partial assets. Absent when the job was cancelled before any work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Completed>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

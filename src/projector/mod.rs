@@ -20,6 +20,7 @@ use lapin::types::FieldTable;
 use opendal::Operator;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {
@@ -59,7 +60,8 @@ pub enum Applied {
     Orphan,
 }
 
-/// Writes the deliverable of the completion that won the fold. Same event, same bytes: a
+/// Writes the deliverable of the terminal event that won the fold (a completion, or a
+/// cancellation that kept partial results). Same event, same bytes: a
 /// redelivery overwrites an object with identical content.
 async fn store_assets(
     tx: &impl deadpool_postgres::GenericClient,
@@ -67,8 +69,13 @@ async fn store_assets(
     view: &JobView,
     rec: &EventRecord,
 ) -> Result<(), ProjectorError> {
-    let Event::Completed(done) = &rec.event else {
-        return Ok(());
+    let done = match &rec.event {
+        Event::Completed(done) => done,
+        Event::Cancelled(c) => match &c.partial {
+            Some(partial) => partial,
+            None => return Ok(()),
+        },
+        _ => return Ok(()),
     };
     let Some(result) = &view.result else {
         return Ok(());
@@ -89,6 +96,52 @@ async fn store_assets(
         db::jobs::upsert_asset(tx, &view.tenant, view.job_id, &asset.asset_id, &row).await?;
     }
     Ok(())
+}
+
+/// Appends an event that originates in this process (the API's cancellation, the reaper's
+/// failure) and folds it into `view`, which the caller holds locked in `tx`.
+pub async fn append_and_fold(
+    tx: &impl deadpool_postgres::GenericClient,
+    view: &mut JobView,
+    raw: &RawEnvelope,
+) -> Result<(), ProjectorError> {
+    let rec = EventRecord::from_raw(raw)?;
+    if db::jobs::insert_event(tx, raw).await? && view.apply(&rec) {
+        db::jobs::save_view(tx, view).await?;
+    }
+    Ok(())
+}
+
+/// Fails jobs that have made no progress for `idle_secs`: a worker crash loop the delivery
+/// limit did not end, a command lost outside our outbox, a queue no worker consumes. Returns how
+/// many it failed. Any number of projectors may run it at once (rows are locked SKIP LOCKED).
+pub async fn reap_stuck(pool: &Pool, idle_secs: f64) -> Result<usize, ProjectorError> {
+    let mut client = pool.get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await?;
+    let stale = db::jobs::lock_stale_jobs(&tx, idle_secs, 100).await?;
+    let n = stale.len();
+    for mut view in stale {
+        let job = crate::domain::messages::JobRef {
+            job_id: view.job_id,
+            tenant: view.tenant.clone(),
+        };
+        let raw = Event::Failed(crate::domain::messages::Failed {
+            error: format!(
+                "the job made no progress for {} minutes and was given up",
+                (idle_secs / 60.0).round()
+            ),
+            stage: None,
+        })
+        .into_envelope(
+            &job,
+            crate::domain::messages::Position::REAPER,
+            chrono::Utc::now(),
+        );
+        tracing::warn!(job_id = %view.job_id, "failing a job that made no progress");
+        append_and_fold(&tx, &mut view, &raw).await?;
+    }
+    tx.commit().await?;
+    Ok(n)
 }
 
 /// The step: applies one event in one transaction.
@@ -152,6 +205,8 @@ pub struct ProjectorConfig {
     pub topology: Topology,
     pub prefetch: u16,
     pub name: String,
+    /// Unfinished jobs idle this long are failed by the reaper.
+    pub stuck_after: std::time::Duration,
 }
 
 /// The loop: consume, apply, ack after commit; reconnect with backoff; stop on shutdown.
@@ -161,6 +216,11 @@ pub async fn run(
     storage: Operator,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let reaper = tokio::spawn(reaper_loop(
+        pool.clone(),
+        config.stuck_after,
+        shutdown.clone(),
+    ));
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         match consume(&config, &pool, &storage, &shutdown).await {
@@ -176,8 +236,28 @@ pub async fn run(
             }
         }
     }
+    let _ = reaper.await;
     tracing::info!("projector stopped");
     Ok(())
+}
+
+async fn reaper_loop(pool: Pool, stuck_after: std::time::Duration, shutdown: CancellationToken) {
+    // Check a few times per idle period, but not more than once a second.
+    let every = (stuck_after / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match reap_stuck(&pool, stuck_after.as_secs_f64()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(jobs = n, "reaper failed jobs that made no progress"),
+            Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
+        }
+    }
 }
 
 async fn consume(
@@ -224,8 +304,7 @@ async fn consume(
             }
         };
         let span = tracing::info_span!("event", job_id = %raw.job_id, kind = %raw.kind);
-        let _enter = span.enter();
-        match apply(pool, storage, &raw).await {
+        match apply(pool, storage, &raw).instrument(span).await {
             Ok(applied) => {
                 tracing::debug!(?applied, "event applied");
                 delivery.acker.ack(BasicAckOptions::default()).await?;

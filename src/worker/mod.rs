@@ -11,7 +11,7 @@ use crate::adapters::broker::{self, BrokerError, Outgoing, Publisher, Topology};
 use crate::adapters::db::{self, DbError};
 use crate::domain::ids::JobId;
 use crate::domain::messages::{
-    Command, Event, Failed, JobRef, Position, Progress, RawEnvelope, Started, Warning,
+    Cancelled, Command, Event, Failed, JobRef, Position, Progress, RawEnvelope, Started, Warning,
 };
 use crate::domain::plan::Capability;
 use async_trait::async_trait;
@@ -20,7 +20,7 @@ use deadpool_postgres::Pool;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
-use pipeline::Sources;
+use pipeline::{Ending, Sources};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -169,13 +169,18 @@ impl<'a> Reporter<'a> {
 pub enum Outcome {
     Completed,
     Failed,
+    /// Stopped at a stage boundary on a client's request, keeping partial results.
+    Cancelled,
     /// The job was already finished (a duplicate or a late redelivery): nothing was run.
     Skipped,
 }
 
-/// The step: runs one decoded command to its terminal event. A retryable error is returned
-/// (the caller requeues the command) unless this is the last allowed attempt, in which case the
-/// job is failed with the error as its message.
+/// The step: runs one decoded command to its terminal event.
+///
+/// A retryable error (a dependency down) is returned so that the caller requeues the command,
+/// unless this is the last attempt the queue allows, in which case the job fails with the error
+/// as its message. An attempt beyond that limit means earlier ones died without a word (a worker
+/// killed mid-job, again and again): the job fails instead of taking another worker down.
 pub async fn process_one(
     command: &RawEnvelope,
     attempt: u32,
@@ -191,26 +196,56 @@ pub async fn process_one(
         tenant: command.tenant.clone(),
     };
     let mut r = Reporter::new(job, attempt, sink);
+    if attempt as i64 > broker::DELIVERY_LIMIT {
+        r.emit(Event::Failed(Failed {
+            error: format!(
+                "gave up after {} attempts that ended without a result",
+                attempt - 1
+            ),
+            stage: None,
+        }))
+        .await?;
+        return Ok(Outcome::Failed);
+    }
     r.emit(Event::Started(Started {
         worker: worker_name.to_owned(),
     }))
     .await?;
-    match pipeline::run_stages(&run, sources, &mut r).await {
-        Ok(done) => {
+    let run_result = tokio::time::timeout(
+        sources.job_timeout,
+        pipeline::run_stages(&run, command.job_id, sources, &mut r),
+    )
+    .await;
+    let failure = match run_result {
+        Ok(Ok(Ending::Completed(done))) => {
             r.emit(Event::Completed(done)).await?;
-            Ok(Outcome::Completed)
+            return Ok(Outcome::Completed);
         }
-        Err(e) if e.is_retryable() && (attempt as i64) < broker::DELIVERY_LIMIT => Err(e),
-        Err(e) => {
-            let stage = Some(r.stage);
-            r.emit(Event::Failed(Failed {
-                error: format!("{} failed: {e}", r.stage),
-                stage,
+        Ok(Ok(Ending::Cancelled(partial))) => {
+            r.emit(Event::Cancelled(Cancelled {
+                reason: "cancelled by the client".to_owned(),
+                partial: Some(partial),
             }))
             .await?;
-            Ok(Outcome::Failed)
+            return Ok(Outcome::Cancelled);
         }
-    }
+        Ok(Err(e)) if e.is_retryable() && (attempt as i64) < broker::DELIVERY_LIMIT => {
+            return Err(e)
+        }
+        Ok(Err(e)) => format!("{} failed: {e}", r.stage),
+        Err(_) => format!(
+            "the job did not finish within {} s (stopped during {})",
+            sources.job_timeout.as_secs(),
+            r.stage
+        ),
+    };
+    let stage = Some(r.stage);
+    r.emit(Event::Failed(Failed {
+        error: failure,
+        stage,
+    }))
+    .await?;
+    Ok(Outcome::Failed)
 }
 
 /// Settings of the worker loop.
@@ -221,10 +256,13 @@ pub struct WorkerConfig {
     /// Jobs run at once by this process (also the channel's prefetch).
     pub concurrency: u16,
     pub name: String,
+    /// On shutdown, how long in-flight jobs may take to finish before the process leaves them
+    /// to the broker (which redelivers them to another worker).
+    pub shutdown_grace: Duration,
 }
 
 /// The loop: consume, run, publish, ack; reconnect with backoff when the broker goes away; on
-/// shutdown stop taking work and let in-flight jobs finish.
+/// shutdown stop taking work and let in-flight jobs finish within the grace period.
 pub async fn run(
     config: WorkerConfig,
     sources: Sources,
@@ -238,10 +276,8 @@ pub async fn run(
     ));
     let sink: Arc<dyn EventSink> = Arc::new(BrokerSink(publisher));
     let mut failures = 0u32;
-    let tasks = tokio_util::task::TaskTracker::new();
     while !shutdown.is_cancelled() {
-        let session = consume(&config, &sources, &sink, &pool, &tasks, &shutdown);
-        match session.await {
+        match consume(&config, &sources, &sink, &pool, &shutdown).await {
             Ok(()) => break,
             Err(e) => {
                 failures += 1;
@@ -254,18 +290,17 @@ pub async fn run(
             }
         }
     }
-    tasks.close();
-    tasks.wait().await;
     tracing::info!("worker stopped");
     Ok(())
 }
 
+/// One connection's worth of consuming. In-flight jobs belong to the connection (their acks go
+/// through its channel), so it stays open until they finish or the grace period ends.
 async fn consume(
     config: &WorkerConfig,
     sources: &Sources,
     sink: &Arc<dyn EventSink>,
     pool: &Pool,
-    tasks: &tokio_util::task::TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), BrokerError> {
     let conn = broker::connect(&config.amqp_url, &config.name).await?;
@@ -280,16 +315,17 @@ async fn consume(
         )
         .await?;
     tracing::info!(queue = %config.topology.jobs_queue(), "worker consuming");
-    loop {
+    let tasks = tokio_util::task::TaskTracker::new();
+    let ended = loop {
         let delivery = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => break Ok(()),
             d = consumer.next() => d,
         };
         let delivery = match delivery {
             Some(Ok(d)) => d,
-            Some(Err(e)) => return Err(e.into()),
+            Some(Err(e)) => break Err(e.into()),
             None => {
-                return Err(BrokerError::Amqp(lapin::Error::from(
+                break Err(BrokerError::Amqp(lapin::Error::from(
                     lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
                 )))
             }
@@ -301,9 +337,29 @@ async fn consume(
         tasks.spawn(async move {
             handle(delivery, &sources, sink.as_ref(), &pool, &name).await;
         });
+    };
+    if ended.is_ok() {
+        // Stop deliveries first, so nothing new starts while the running jobs finish.
+        let _ = channel
+            .basic_cancel(
+                config.name.clone().into(),
+                lapin::options::BasicCancelOptions::default(),
+            )
+            .await;
     }
+    tasks.close();
+    if tokio::time::timeout(config.shutdown_grace, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace = ?config.shutdown_grace,
+            "jobs still running at the end of the grace period; the broker will redeliver them"
+        );
+    }
+    let _ = conn.close(200, "bdjobs worker stopping".into()).await;
+    ended
 }
-
 /// Whether the read model already shows the job terminal. A database that cannot answer means
 /// "run it": a duplicate run is harmless, a skipped one is not.
 async fn is_finished(pool: &Pool, job: JobId) -> bool {

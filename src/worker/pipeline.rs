@@ -2,7 +2,7 @@
 //! it goes. The rules live in `domain::stages`; this module fetches what they need and keeps
 //! score.
 
-use super::sources::Directory;
+use super::sources::{CancelSignal, Directory, NeverCancel};
 use super::{Reporter, WorkerError};
 use crate::adapters::dns::{smtp_targets, CachedResolver, MailDomainResolver, MailHosts};
 use crate::adapters::smtp::{ProbeOutcome, SmtpProber};
@@ -17,14 +17,57 @@ use crate::domain::stages::{
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
-/// What the stages reach outside the process through.
+/// What the stages reach outside the process through, and the limits a run keeps to.
 #[derive(Clone)]
 pub struct Sources {
     pub directory: Arc<dyn Directory>,
     pub dns: Arc<dyn MailDomainResolver>,
     /// `Some` only when `BDJOBS_SMTP_PROBE=on`.
     pub smtp: Option<Arc<dyn SmtpProber>>,
+    pub cancel: Arc<dyn CancelSignal>,
+    /// A run that takes longer fails. Kept below RabbitMQ's consumer timeout (30 min by
+    /// default), so that the broker never takes a job away from a worker still running it.
+    pub job_timeout: Duration,
+}
+
+impl Sources {
+    pub fn new(directory: Arc<dyn Directory>, dns: Arc<dyn MailDomainResolver>) -> Self {
+        Self {
+            directory,
+            dns,
+            smtp: None,
+            cancel: Arc::new(NeverCancel),
+            job_timeout: DEFAULT_JOB_TIMEOUT,
+        }
+    }
+
+    pub fn with_smtp(mut self, smtp: Arc<dyn SmtpProber>) -> Self {
+        self.smtp = Some(smtp);
+        self
+    }
+
+    pub fn with_cancel(mut self, cancel: Arc<dyn CancelSignal>) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    pub fn with_job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = timeout;
+        self
+    }
+}
+
+/// 20 minutes: well inside RabbitMQ's default 30-minute consumer timeout.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// How a run ended, short of an error.
+#[derive(Debug)]
+pub enum Ending {
+    Completed(Completed),
+    /// Stopped at a stage boundary because a client cancelled; carries the partial deliverable.
+    Cancelled(Completed),
 }
 
 struct Work<'a> {
@@ -382,12 +425,14 @@ impl<'a> Work<'a> {
     }
 }
 
-/// Runs every planned stage and returns the completion. Errors are the worker's to classify.
+/// Runs every planned stage. Before each one it checks for a cancellation; on one it finalises
+/// what it has as a partial deliverable. Errors are the worker's to classify.
 pub async fn run_stages(
     run: &RunJob,
+    job: crate::domain::ids::JobId,
     sources: &Sources,
     r: &mut Reporter<'_>,
-) -> Result<Completed, WorkerError> {
+) -> Result<Ending, WorkerError> {
     let mut w = Work {
         run,
         sources,
@@ -399,6 +444,10 @@ pub async fn run_stages(
     };
     let stages = &run.plan.capabilities;
     for (i, stage) in stages.iter().enumerate() {
+        if sources.cancel.requested(job).await {
+            r.enter(Capability::DeliverableFinalize, i, stages.len());
+            return Ok(Ending::Cancelled(w.finalize(r).await?));
+        }
         r.enter(*stage, i, stages.len());
         match stage {
             Capability::Qualification => w.qualification(r).await?,
@@ -407,7 +456,7 @@ pub async fn run_stages(
             Capability::EmailLookup => w.email_lookup(r).await?,
             Capability::EmailVerify => w.email_verify(r).await?,
             Capability::LinkedinEnrich => w.linkedin_enrich(r).await?,
-            Capability::DeliverableFinalize => return w.finalize(r).await,
+            Capability::DeliverableFinalize => return Ok(Ending::Completed(w.finalize(r).await?)),
         }
     }
     // The planner always ends a plan with finalisation; a command that does not is malformed.

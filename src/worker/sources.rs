@@ -52,3 +52,32 @@ impl Directory for StaticDirectory {
             .collect())
     }
 }
+
+/// Whether a client asked to cancel a job. Checked at every stage boundary.
+#[async_trait]
+pub trait CancelSignal: Send + Sync {
+    async fn requested(&self, job: crate::domain::ids::JobId) -> bool;
+}
+
+/// Reads the flag the API sets in the `jobs` table. A database that cannot answer means "not
+/// cancelled": the check runs again at the next stage.
+pub struct PgCancelSignal(pub Pool);
+
+#[async_trait]
+impl CancelSignal for PgCancelSignal {
+    async fn requested(&self, job: crate::domain::ids::JobId) -> bool {
+        db::jobs::cancel_requested(&self.0, job)
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// Never cancels (jobs run where no one can ask).
+pub struct NeverCancel;
+
+#[async_trait]
+impl CancelSignal for NeverCancel {
+    async fn requested(&self, _: crate::domain::ids::JobId) -> bool {
+        false
+    }
+}

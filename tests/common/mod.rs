@@ -34,21 +34,18 @@ pub fn demo_zone() -> StubZone {
 /// A configuration private to one test.
 pub fn test_config(tag: &str, assets: &std::path::Path) -> Config {
     let id = uuid::Uuid::new_v4().simple().to_string();
-    Config {
-        database_url: format!("{PG}/bdjobs_t_{tag}_{}", &id[..12]),
-        amqp_url: AMQP.to_owned(),
-        namespace: format!("bdjobs_t_{tag}_{}", &id[..12]),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        assets: Some(format!("fs://{}", assets.display())),
-        dns_nameserver: None,
-        dns_timeout_ms: 1500,
-        smtp_probe: Switch::Off,
-        smtp_port: 25,
-        worker_concurrency: 4,
-        projector_prefetch: 32,
-        db_pool_size: 8,
-        log_format: LogFormat::Text,
-    }
+    let mut config = Config::from_env();
+    config.database_url = format!("{PG}/bdjobs_t_{tag}_{}", &id[..12]);
+    config.amqp_url = AMQP.to_owned();
+    config.namespace = format!("bdjobs_t_{tag}_{}", &id[..12]);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.assets = Some(format!("fs://{}", assets.display()));
+    config.dns_nameserver = None;
+    config.dns_timeout_ms = 1500;
+    config.smtp_probe = Switch::Off;
+    config.db_pool_size = 8;
+    config.log_format = LogFormat::Text;
+    config
 }
 
 /// Database, namespace and assets of one test; dropped last.

@@ -252,3 +252,60 @@ pub async fn get_asset(
             sha256: r.get(3),
         }))
 }
+
+/// The tenant's job, locked for update. `None` for another tenant's, as for a missing one.
+pub async fn lock_tenant_view(
+    tx: &impl GenericClient,
+    tenant: &TenantId,
+    job: JobId,
+) -> Result<Option<JobView>, DbError> {
+    match tx
+        .query_opt(
+            "SELECT view FROM jobs WHERE job_id = $1 AND tenant = $2 FOR UPDATE",
+            &[&job.0, &tenant.as_str()],
+        )
+        .await?
+    {
+        Some(row) => Ok(Some(view_from_json(row.get(0))?)),
+        None => Ok(None),
+    }
+}
+
+pub async fn mark_cancel_requested(tx: &impl GenericClient, job: JobId) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE job_id = $1",
+        &[&job.0],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn cancel_requested(pool: &Pool, job: JobId) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    Ok(client
+        .query_opt(
+            "SELECT cancel_requested_at IS NOT NULL FROM jobs WHERE job_id = $1",
+            &[&job.0],
+        )
+        .await?
+        .is_some_and(|r| r.get(0)))
+}
+
+/// Unfinished jobs whose view has not changed for `idle_secs`, locked (skipping rows another
+/// reaper holds) until the transaction ends.
+pub async fn lock_stale_jobs(
+    tx: &impl GenericClient,
+    idle_secs: f64,
+    limit: i64,
+) -> Result<Vec<JobView>, DbError> {
+    tx.query(
+        "SELECT view FROM jobs
+         WHERE status IN ('pending', 'running') AND updated_at < now() - make_interval(secs => $1)
+         ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        &[&idle_secs, &limit],
+    )
+    .await?
+    .into_iter()
+    .map(|r| view_from_json(r.get(0)))
+    .collect()
+}
