@@ -4,13 +4,14 @@
 //! - [`adapters`]: Postgres, RabbitMQ, OpenDAL, DNS and SMTP;
 //! - [`worker`], [`projector`], [`api`]: the three roles, each a step plus a loop;
 //! - [`app`]: wiring roles to configuration; [`config`]: the settings;
-//! - [`demo`] and [`import`]: the CLI's longer commands.
+//! - [`demo`], [`import`] and [`dlq`]: the CLI's longer commands.
 
 pub mod adapters;
 pub mod api;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod dlq;
 pub mod domain;
 pub mod import;
 pub mod projector;

@@ -49,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Inspect and re-drive the dead-letter queue (NS.dead).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Manage the company and people directory the pipeline reads.
     Directory {
         #[command(subcommand)]
@@ -63,6 +68,22 @@ enum KeysCommand {
         /// Tenant (account) name: lowercase letters, digits, '_' and '-'.
         #[arg(long)]
         tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead messages (they stay in the queue).
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Republish dead messages to the queue they came from, oldest first.
+    Redrive {
+        /// Re-drive at most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
     },
 }
 
@@ -133,6 +154,47 @@ async fn main() -> anyhow::Result<()> {
             );
             println!("{}", key.secret);
             Ok(())
+        }
+        Command::Dlq { command } => {
+            let topology = app::topology(&config);
+            match command {
+                DlqCommand::List { limit } => {
+                    let dead = bdjobs::dlq::list(&config.amqp_url, &topology, limit)
+                        .await
+                        .context("could not read the dead-letter queue")?;
+                    println!(
+                        "{:<38} {:<14} {:<38} {:<22} {:<16} BYTES",
+                        "MESSAGE", "TYPE", "JOB", "FROM", "REASON"
+                    );
+                    for m in &dead {
+                        println!(
+                            "{:<38} {:<14} {:<38} {:<22} {:<16} {}",
+                            m.message_id,
+                            m.kind,
+                            m.job_id.as_deref().unwrap_or("-"),
+                            m.queue.as_deref().unwrap_or("-"),
+                            m.reason.as_deref().unwrap_or("-"),
+                            m.bytes
+                        );
+                    }
+                    eprintln!("{} dead message(s) shown", dead.len());
+                    Ok(())
+                }
+                DlqCommand::Redrive { limit } => {
+                    let bar = indicatif::ProgressBar::new_spinner();
+                    bar.set_message("re-driving dead messages");
+                    let done =
+                        bdjobs::dlq::redrive(&config.amqp_url, &topology, limit, |_| bar.inc(1))
+                            .await
+                            .context("re-drive failed")?;
+                    bar.finish_and_clear();
+                    println!(
+                        "republished {} message(s); left {} with no known origin",
+                        done.republished, done.left
+                    );
+                    Ok(())
+                }
+            }
         }
         Command::Directory {
             command: DirectoryCommand::Import { file },

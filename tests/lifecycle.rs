@@ -3,31 +3,9 @@
 
 mod common;
 
-use bdjobs::adapters::broker::Publisher;
-use bdjobs::api::{self, AppState};
-use common::{Resources, TestApp};
+use common::{api_only, Resources, TestApp};
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
-
-/// An API alone (no worker, no projector): jobs it accepts stay pending.
-async fn api_only(res: &Resources) -> (String, CancellationToken) {
-    let state = AppState {
-        pool: res.pool.clone(),
-        storage: bdjobs::adapters::storage::operator(&res.config.assets_location()).unwrap(),
-        publisher: Arc::new(Publisher::new(
-            &res.config.amqp_url,
-            "test-api",
-            res.topology(),
-        )),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(api::serve(listener, state, shutdown.clone()));
-    (base, shutdown)
-}
 
 fn one_contact() -> Value {
     json!({"preset": "verify_existing_emails", "input_assets": {"contacts": [{"email": "ada@lumen.example"}]}})

@@ -258,3 +258,109 @@ async fn two_of_every_role_share_the_work_and_every_job_completes_once() {
     second.await.unwrap().unwrap();
     app.stop().await;
 }
+
+fn bdjobs_cli(res: &Resources, args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bdjobs"))
+        .args(args)
+        .env("DATABASE_URL", &res.config.database_url)
+        .env("AMQP_URL", &res.config.amqp_url)
+        .env("BDJOBS_NAMESPACE", &res.config.namespace)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert!(out.status.success(), "bdjobs {args:?} failed: {stderr}");
+    (stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_command_is_listed_and_redriven_to_completion() {
+    let res = Resources::new("dlq").await;
+    let (base, shutdown) = common::api_only(&res).await;
+    let key = res.key("acme").await;
+    let created: Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/bd/jobs"))
+        .bearer_auth(&key)
+        .json(&small_job(3))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_id = created["job_id"].as_str().unwrap().to_owned();
+
+    // Take the command off the jobs queue and reject it, as a consumer does with a bad message.
+    let conn = bdjobs::adapters::broker::connect(&res.config.amqp_url, "test-dlq")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let started = Instant::now();
+    let msg = loop {
+        if let Some(m) = ch
+            .basic_get(
+                res.topology().jobs_queue().into(),
+                lapin::options::BasicGetOptions { no_ack: false },
+            )
+            .await
+            .unwrap()
+        {
+            break m;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no command published"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    msg.delivery
+        .acker
+        .reject(lapin::options::BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+
+    let (stdout, _) = bdjobs_cli(&res, &["dlq", "list"]);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(&job_id))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        line.contains("job.run") && line.contains("rejected"),
+        "{line}"
+    );
+    // Listing leaves it there.
+    let (again, _) = bdjobs_cli(&res, &["dlq", "list"]);
+    assert!(again.contains(&job_id));
+
+    let (stdout, _) = bdjobs_cli(&res, &["dlq", "redrive"]);
+    assert!(stdout.contains("republished 1 message(s)"), "{stdout}");
+    let (empty, _) = bdjobs_cli(&res, &["dlq", "list"]);
+    assert!(!empty.contains(&job_id));
+
+    let dns = bdjobs::adapters::dns_stub::StubDns::start(
+        "127.0.0.1:0".parse().unwrap(),
+        common::demo_zone(),
+    )
+    .await
+    .unwrap();
+    let mut config = res.config.clone();
+    config.dns_nameserver = Some(dns.addr());
+    let worker = tokio::spawn({
+        let (c, p, s) = (config.clone(), res.pool.clone(), shutdown.clone());
+        async move {
+            app::run_all(
+                &c,
+                p,
+                tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                s,
+            )
+            .await
+        }
+    });
+    let job = JobId(job_id.parse().unwrap());
+    assert_eq!(wait_in_db(&res, "acme", job).await, JobStatus::Completed);
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+}

@@ -232,3 +232,21 @@ impl Drop for TestApp {
 pub fn demo_job() -> Value {
     serde_json::from_str(include_str!("../../examples/demo-job.json")).unwrap()
 }
+
+/// An API alone (no worker, no projector): jobs it accepts stay pending.
+pub async fn api_only(res: &Resources) -> (String, CancellationToken) {
+    let state = bdjobs::api::AppState {
+        pool: res.pool.clone(),
+        storage: bdjobs::adapters::storage::operator(&res.config.assets_location()).unwrap(),
+        publisher: std::sync::Arc::new(bdjobs::adapters::broker::Publisher::new(
+            &res.config.amqp_url,
+            "test-api",
+            res.topology(),
+        )),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(bdjobs::api::serve(listener, state, shutdown.clone()));
+    (base, shutdown)
+}
