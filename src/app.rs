@@ -9,7 +9,7 @@ use crate::api::{self, AppState};
 use crate::config::{Config, Switch};
 use crate::projector::{self, ProjectorConfig};
 use crate::worker::pipeline::Sources;
-use crate::worker::sources::{PgCancelSignal, PgDirectory};
+use crate::worker::sources::{Patient, PgCancelSignal, PgDirectory};
 use crate::worker::{self, WorkerConfig};
 use anyhow::Context;
 use deadpool_postgres::Pool;
@@ -53,7 +53,11 @@ pub fn sources(config: &Config, pool: &Pool) -> anyhow::Result<Sources> {
         Duration::from_millis(config.dns_timeout_ms),
     )
     .context("could not set up the DNS resolver")?;
-    let mut sources = Sources::new(Arc::new(PgDirectory(pool.clone())), Arc::new(dns))
+    let directory = Patient {
+        inner: PgDirectory(pool.clone()),
+        patience: Duration::from_secs(60),
+    };
+    let mut sources = Sources::new(Arc::new(directory), Arc::new(dns))
         .with_cancel(Arc::new(PgCancelSignal(pool.clone())))
         .with_job_timeout(Duration::from_secs(config.job_timeout_secs.max(1)));
     if config.smtp_probe == Switch::On {

@@ -199,6 +199,35 @@ pub async fn apply(
     Ok(applied)
 }
 
+/// Applies an event, retrying with backoff while the failure is retryable (the database is
+/// restarting, a connection broke) until it succeeds or shutdown. Holding the delivery instead of
+/// requeueing it keeps a database outage from spending the queue's delivery limit and
+/// dead-lettering good events.
+pub async fn apply_patiently(
+    pool: &Pool,
+    storage: &Operator,
+    raw: &RawEnvelope,
+    shutdown: &CancellationToken,
+) -> Result<Applied, ProjectorError> {
+    let mut failures = 0u32;
+    loop {
+        match apply(pool, storage, raw).await {
+            Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
+                failures += 1;
+                let wait = broker::backoff(failures);
+                if failures == 1 || failures.is_multiple_of(10) {
+                    tracing::warn!(error = %e, ?wait, "could not apply an event; retrying");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return Err(e),
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct ProjectorConfig {
     pub amqp_url: String,
@@ -304,14 +333,16 @@ async fn consume(
             }
         };
         let span = tracing::info_span!("event", job_id = %raw.job_id, kind = %raw.kind);
-        match apply(pool, storage, &raw).instrument(span).await {
+        match apply_patiently(pool, storage, &raw, shutdown)
+            .instrument(span)
+            .await
+        {
             Ok(applied) => {
                 tracing::debug!(?applied, "event applied");
                 delivery.acker.ack(BasicAckOptions::default()).await?;
             }
             Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, "could not apply an event; requeueing");
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                // Only on shutdown: the event goes back to the queue for the next projector.
                 delivery
                     .acker
                     .nack(BasicNackOptions {
@@ -319,6 +350,7 @@ async fn consume(
                         ..Default::default()
                     })
                     .await?;
+                return Ok(());
             }
             Err(e) => {
                 tracing::error!(error = %e, "dead-lettering an event that cannot be applied");

@@ -81,3 +81,42 @@ impl CancelSignal for NeverCancel {
         false
     }
 }
+
+/// Retries a directory whose database is briefly away (a restart, a failover) with backoff, for
+/// up to `patience`, so that such an outage delays jobs instead of spending their delivery
+/// attempts.
+pub struct Patient<D> {
+    pub inner: D,
+    pub patience: std::time::Duration,
+}
+
+impl<D> Patient<D> {
+    async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, DbError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DbError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut failures = 0u32;
+        loop {
+            match call().await {
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    failures += 1;
+                    tracing::debug!(error = %e, failures, "directory unavailable; retrying");
+                    tokio::time::sleep(crate::adapters::broker::backoff(failures)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<D: Directory> Directory for Patient<D> {
+    async fn companies(&self, domains: &[String]) -> Result<Vec<DirectoryCompany>, DbError> {
+        self.retry(|| self.inner.companies(domains)).await
+    }
+    async fn people(&self, domains: &[String]) -> Result<Vec<DirectoryPerson>, DbError> {
+        self.retry(|| self.inner.people(domains)).await
+    }
+}
