@@ -203,3 +203,45 @@ async fn a_malformed_event_is_refused_without_touching_the_model() {
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("job.exploded"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_with_repeats_inside_them_give_the_same_read_model() {
+    let res = Resources::new("batch").await;
+    let store = storage::operator(&res.config.assets_location()).unwrap();
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        jobs.push(recorded_job(&res).await);
+    }
+    // Two "projectors" each take every event of every job, in opposite orders, with repeats.
+    let all: Vec<RawEnvelope> = jobs.iter().flat_map(|(_, _, e)| e.clone()).collect();
+    let mut forward = all.clone();
+    forward.extend(all.iter().take(4).cloned());
+    let backward: Vec<RawEnvelope> = all.iter().rev().cloned().collect();
+    let (a, b) = tokio::join!(
+        bdjobs::projector::apply_batch(&res.pool, &store, &forward),
+        bdjobs::projector::apply_batch(&res.pool, &store, &backward),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let fresh = a
+        .iter()
+        .chain(&b)
+        .filter(|r| **r != Applied::Duplicate)
+        .count();
+    assert_eq!(
+        fresh,
+        all.len(),
+        "each event applied exactly once across both batches"
+    );
+    for (job, created, events) in &jobs {
+        let stored = db::jobs::get_view(&res.pool, &job.tenant, job.job_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let records: Vec<EventRecord> = std::iter::once(created)
+            .chain(events)
+            .map(|e| EventRecord::from_raw(e).unwrap())
+            .collect();
+        assert_eq!(stored, fold(&records).unwrap());
+        assert_eq!(stored.status, JobStatus::Completed);
+    }
+}

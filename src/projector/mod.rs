@@ -14,7 +14,7 @@ use crate::domain::job::{fold, JobView};
 use crate::domain::messages::{DecodeError, Event, EventRecord, RawEnvelope};
 use crate::domain::stages::deliverable::{render_csv, render_json};
 use deadpool_postgres::Pool;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use opendal::Operator;
@@ -48,7 +48,7 @@ impl From<tokio_postgres::Error> for ProjectorError {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// The view changed (or was created).
     Changed,
@@ -150,73 +150,134 @@ pub async fn apply(
     storage: &Operator,
     raw: &RawEnvelope,
 ) -> Result<Applied, ProjectorError> {
-    let rec = EventRecord::from_raw(raw)?;
-    let mut client = pool.get().await.map_err(DbError::from)?;
-    let tx = client.transaction().await?;
-    if !db::jobs::insert_event(&tx, raw).await? {
-        tx.commit().await?;
-        return Ok(Applied::Duplicate);
-    }
-    let applied = match db::jobs::lock_view(&tx, rec.job_id).await? {
-        Some(mut view) => {
-            if view.apply(&rec) {
-                if view.terminal_at == Some((rec.position, rec.message_id)) {
-                    store_assets(&tx, storage, &view, &rec).await?;
-                }
-                db::jobs::save_view(&tx, &view).await?;
-                Applied::Changed
-            } else {
-                Applied::Unchanged
-            }
-        }
-        None if matches!(rec.event, Event::Created(_)) => {
-            // A job created outside our API (or the log replayed out of order): rebuild from
-            // everything logged for it so far.
-            let records = db::jobs::events_of_job(&tx, rec.job_id)
-                .await?
-                .iter()
-                .map(EventRecord::from_raw)
-                .collect::<Result<Vec<_>, _>>()?;
-            match fold(&records) {
-                Some(view) => {
-                    if let Some((pos, id)) = view.terminal_at {
-                        if let Some(winner) = records
-                            .iter()
-                            .find(|r| r.position == pos && r.message_id == id)
-                        {
-                            store_assets(&tx, storage, &view, winner).await?;
-                        }
-                    }
-                    db::jobs::insert_view(&tx, &view).await?;
-                    Applied::Changed
-                }
-                None => Applied::Orphan,
-            }
-        }
-        None => Applied::Orphan,
-    };
-    tx.commit().await?;
-    Ok(applied)
+    let mut applied = apply_batch(pool, storage, std::slice::from_ref(raw)).await?;
+    Ok(applied.pop().expect("one result per event"))
 }
 
-/// Applies an event, retrying with backoff while the failure is retryable (the database is
-/// restarting, a connection broke) until it succeeds or shutdown. Holding the delivery instead of
-/// requeueing it keeps a database outage from spending the queue's delivery limit and
+/// The step for many events at once, in one transaction: one statement appends them all to the
+/// log, one locks the views they touch, one writes the views back. Results are in input order.
+/// The outcome is the same as applying them one by one, in any order (the fold converges).
+pub async fn apply_batch(
+    pool: &Pool,
+    storage: &Operator,
+    raws: &[RawEnvelope],
+) -> Result<Vec<Applied>, ProjectorError> {
+    let records = raws
+        .iter()
+        .map(EventRecord::from_raw)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut client = pool.get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await?;
+    // A batch can hold the same message twice (a redelivery next to the original): log it once.
+    let mut seen = std::collections::HashSet::new();
+    let unique: Vec<&RawEnvelope> = raws.iter().filter(|r| seen.insert(r.message_id)).collect();
+    let new_ids = db::jobs::insert_events(&tx, &unique).await?;
+    let mut results: Vec<Applied> = vec![Applied::Duplicate; raws.len()];
+    let mut fresh: Vec<usize> = Vec::new();
+    let mut counted = std::collections::HashSet::new();
+    for (i, rec) in records.iter().enumerate() {
+        if new_ids.contains(&rec.message_id.0) && counted.insert(rec.message_id) {
+            fresh.push(i);
+        }
+    }
+    let mut job_ids: Vec<uuid::Uuid> = fresh.iter().map(|&i| records[i].job_id.0).collect();
+    job_ids.sort();
+    job_ids.dedup();
+    let mut views: std::collections::HashMap<crate::domain::ids::JobId, JobView> =
+        db::jobs::lock_views(&tx, &job_ids)
+            .await?
+            .into_iter()
+            .map(|v| (v.job_id, v))
+            .collect();
+    let before: std::collections::HashMap<_, _> =
+        views.iter().map(|(id, v)| (*id, v.terminal_at)).collect();
+    let mut changed = std::collections::HashSet::new();
+    let mut created_here = Vec::new();
+    for &i in &fresh {
+        let rec = &records[i];
+        results[i] = match views.get_mut(&rec.job_id) {
+            Some(view) => {
+                if view.apply(rec) {
+                    changed.insert(rec.job_id);
+                    Applied::Changed
+                } else {
+                    Applied::Unchanged
+                }
+            }
+            None if matches!(rec.event, Event::Created(_)) => {
+                created_here.push(i);
+                Applied::Changed
+            }
+            None => Applied::Orphan,
+        };
+    }
+    // Assets for every job whose winning terminal event arrived in this batch.
+    for id in &changed {
+        let view = &views[id];
+        if view.terminal_at == before[id] {
+            continue;
+        }
+        if let Some((pos, msg)) = view.terminal_at {
+            if let Some(winner) = records
+                .iter()
+                .find(|r| r.position == pos && r.message_id == msg)
+            {
+                store_assets(&tx, storage, view, winner).await?;
+            }
+        }
+    }
+    let to_save: Vec<&JobView> = changed.iter().map(|id| &views[id]).collect();
+    db::jobs::save_views(&tx, &to_save).await?;
+    for i in created_here {
+        // A job created outside our API (or a log replayed out of order): rebuild it from
+        // everything logged for it so far, this batch included.
+        let job = records[i].job_id;
+        if views.contains_key(&job) {
+            continue;
+        }
+        let logged = db::jobs::events_of_job(&tx, job)
+            .await?
+            .iter()
+            .map(EventRecord::from_raw)
+            .collect::<Result<Vec<_>, _>>()?;
+        match fold(&logged) {
+            Some(view) => {
+                if let Some((pos, id)) = view.terminal_at {
+                    if let Some(winner) = logged
+                        .iter()
+                        .find(|r| r.position == pos && r.message_id == id)
+                    {
+                        store_assets(&tx, storage, &view, winner).await?;
+                    }
+                }
+                db::jobs::insert_view(&tx, &view).await?;
+                views.insert(job, view);
+            }
+            None => results[i] = Applied::Orphan,
+        }
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// Applies a batch, retrying with backoff while the failure is retryable (the database is
+/// restarting, a connection broke) until it succeeds or shutdown. Holding the deliveries instead
+/// of requeueing them keeps a database outage from spending the queue's delivery limit and
 /// dead-lettering good events.
 pub async fn apply_patiently(
     pool: &Pool,
     storage: &Operator,
-    raw: &RawEnvelope,
+    raws: &[RawEnvelope],
     shutdown: &CancellationToken,
-) -> Result<Applied, ProjectorError> {
+) -> Result<Vec<Applied>, ProjectorError> {
     let mut failures = 0u32;
     loop {
-        match apply(pool, storage, raw).await {
+        match apply_batch(pool, storage, raws).await {
             Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
                 failures += 1;
                 let wait = broker::backoff(failures);
                 if failures == 1 || failures.is_multiple_of(10) {
-                    tracing::warn!(error = %e, ?wait, "could not apply an event; retrying");
+                    tracing::warn!(error = %e, ?wait, "could not apply events; retrying");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -307,57 +368,94 @@ async fn consume(
         )
         .await?;
     tracing::info!(queue = %config.topology.projector_queue(), "projector consuming");
+    let max_batch = usize::from(config.prefetch.max(1));
     loop {
-        let delivery = tokio::select! {
+        let first = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             d = consumer.next() => d,
         };
-        let delivery = match delivery {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => return Err(e.into()),
-            None => {
-                return Err(BrokerError::Amqp(lapin::Error::from(
-                    lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
-                )))
+        // Whatever else the broker has already delivered joins the batch; nothing waits for more.
+        let mut deliveries = vec![first];
+        while deliveries.len() < max_batch {
+            match consumer.next().now_or_never() {
+                Some(d) => deliveries.push(d),
+                None => break,
             }
-        };
-        let raw = match RawEnvelope::from_slice(&delivery.data) {
-            Ok(raw) => raw,
-            Err(e) => {
-                tracing::error!(error = %e, "dead-lettering a malformed event");
-                delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await?;
-                continue;
+        }
+        let mut batch = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            let delivery = match d {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(e.into()),
+                None => {
+                    return Err(BrokerError::Amqp(lapin::Error::from(
+                        lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+                    )))
+                }
+            };
+            match RawEnvelope::from_slice(&delivery.data)
+                .and_then(|raw| EventRecord::from_raw(&raw).map(|_| raw))
+            {
+                Ok(raw) => batch.push((delivery, raw)),
+                Err(e) => {
+                    tracing::error!(error = %e, "dead-lettering a malformed event");
+                    delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await?;
+                }
             }
-        };
-        let span = tracing::info_span!("event", job_id = %raw.job_id, kind = %raw.kind);
-        match apply_patiently(pool, storage, &raw, shutdown)
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let raws: Vec<RawEnvelope> = batch.iter().map(|(_, raw)| raw.clone()).collect();
+        let span = tracing::debug_span!("events", count = raws.len());
+        match apply_patiently(pool, storage, &raws, shutdown)
             .instrument(span)
             .await
         {
-            Ok(applied) => {
-                tracing::debug!(?applied, "event applied");
-                delivery.acker.ack(BasicAckOptions::default()).await?;
+            Ok(_) => {
+                // One multiple-ack settles the whole batch: every earlier delivery on this
+                // channel is already settled.
+                let (last, _) = batch.last().expect("non-empty batch");
+                last.acker.ack(BasicAckOptions { multiple: true }).await?;
             }
             Err(e) if e.is_retryable() => {
-                // Only on shutdown: the event goes back to the queue for the next projector.
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await?;
+                // Only on shutdown: the events go back to the queue for the next projector.
+                for (d, _) in &batch {
+                    d.acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await?;
+                }
                 return Ok(());
             }
             Err(e) => {
-                tracing::error!(error = %e, "dead-lettering an event that cannot be applied");
-                delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await?;
+                // Something in the batch cannot be applied: find it by applying them one by one.
+                tracing::warn!(error = %e, "a batch failed; applying its events one at a time");
+                for (d, raw) in &batch {
+                    let span = tracing::info_span!("event", job_id = %raw.job_id, kind = %raw.kind);
+                    match apply(pool, storage, raw).instrument(span).await {
+                        Ok(_) => d.acker.ack(BasicAckOptions::default()).await?,
+                        Err(e) if e.is_retryable() => {
+                            d.acker
+                                .nack(BasicNackOptions {
+                                    requeue: true,
+                                    ..Default::default()
+                                })
+                                .await?
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, job_id = %raw.job_id, "dead-lettering an event that cannot be applied");
+                            d.acker
+                                .reject(BasicRejectOptions { requeue: false })
+                                .await?
+                        }
+                    };
+                }
             }
         }
     }

@@ -309,3 +309,75 @@ pub async fn lock_stale_jobs(
     .map(|r| view_from_json(r.get(0)))
     .collect()
 }
+
+/// Appends many events in one statement; returns the message ids that were new (the others were
+/// already logged and must not be applied again).
+pub async fn insert_events(
+    tx: &impl GenericClient,
+    raws: &[&RawEnvelope],
+) -> Result<std::collections::HashSet<Uuid>, DbError> {
+    let ids: Vec<Uuid> = raws.iter().map(|r| r.message_id.0).collect();
+    let jobs: Vec<Uuid> = raws.iter().map(|r| r.job_id.0).collect();
+    let tenants: Vec<&str> = raws.iter().map(|r| r.tenant.as_str()).collect();
+    let kinds: Vec<&str> = raws.iter().map(|r| r.kind.as_str()).collect();
+    let versions: Vec<i32> = raws.iter().map(|r| r.version as i32).collect();
+    let attempts: Vec<i32> = raws.iter().map(|r| r.attempt as i32).collect();
+    let seqs: Vec<i64> = raws.iter().map(|r| r.seq as i64).collect();
+    let times: Vec<chrono::DateTime<chrono::Utc>> = raws.iter().map(|r| r.occurred_at).collect();
+    let bodies: Vec<serde_json::Value> = raws.iter().map(|r| to_json(*r)).collect();
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO events (message_id, job_id, tenant, type, version, attempt, seq, occurred_at, envelope)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[],
+                                  $6::int4[], $7::int8[], $8::timestamptz[], $9::jsonb[])
+             ON CONFLICT (message_id) DO NOTHING
+             RETURNING message_id",
+        )
+        .await?;
+    Ok(tx
+        .query(
+            &stmt,
+            &[
+                &ids, &jobs, &tenants, &kinds, &versions, &attempts, &seqs, &times, &bodies,
+            ],
+        )
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// The views of several jobs, locked for update in job-id order (so two projectors locking
+/// overlapping sets cannot deadlock).
+pub async fn lock_views(tx: &impl GenericClient, jobs: &[Uuid]) -> Result<Vec<JobView>, DbError> {
+    let stmt = tx
+        .prepare_cached("SELECT view FROM jobs WHERE job_id = ANY($1) ORDER BY job_id FOR UPDATE")
+        .await?;
+    tx.query(&stmt, &[&jobs])
+        .await?
+        .into_iter()
+        .map(|r| view_from_json(r.get(0)))
+        .collect()
+}
+
+/// Writes many views in one statement.
+pub async fn save_views(tx: &impl GenericClient, views: &[&JobView]) -> Result<(), DbError> {
+    if views.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = views.iter().map(|v| v.job_id.0).collect();
+    let statuses: Vec<&str> = views.iter().map(|v| v.status.as_str()).collect();
+    let updated: Vec<chrono::DateTime<chrono::Utc>> = views.iter().map(|v| v.updated_at).collect();
+    let bodies: Vec<serde_json::Value> = views.iter().map(|v| to_json(*v)).collect();
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE jobs AS j SET status = u.status, updated_at = u.updated_at, view = u.view
+             FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::jsonb[])
+                  AS u(job_id, status, updated_at, view)
+             WHERE j.job_id = u.job_id",
+        )
+        .await?;
+    tx.execute(&stmt, &[&ids, &statuses, &updated, &bodies])
+        .await?;
+    Ok(())
+}
