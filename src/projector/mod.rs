@@ -223,7 +223,13 @@ async fn consume(
                 continue;
             }
         };
-        let span = tracing::info_span!("event", job_id = %raw.job_id, kind = %raw.kind);
+        let correlation_id = broker::correlation_id_of(&delivery.properties);
+        let span = tracing::info_span!(
+            "event",
+            job_id = %raw.job_id,
+            kind = %raw.kind,
+            correlation_id = correlation_id.as_deref()
+        );
         let _enter = span.enter();
         match apply(pool, storage, &raw).await {
             Ok(applied) => {

@@ -48,6 +48,8 @@ pub fn test_config(tag: &str, assets: &std::path::Path) -> Config {
         projector_prefetch: 32,
         db_pool_size: 8,
         log_format: LogFormat::Text,
+        aws_access_key_id: None,
+        aws_secret_access_key: None,
     }
 }
 
