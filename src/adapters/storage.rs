@@ -84,6 +84,10 @@ pub fn operator_with(
         return Ok(Operator::new(services::Memory::default())?);
     }
     if let Some(rest) = location.strip_prefix("s3://") {
+        // Without the `auto-register-services` feature nothing installs OpenDAL's HTTP transport
+        // for us, and every S3 request would fail with "default HTTP transport is not installed".
+        // Idempotent: the first call wins.
+        opendal::install_default();
         let url = url::Url::parse(&format!("s3://{rest}")).map_err(|e| bad(&e.to_string()))?;
         let bucket = url.host_str().ok_or_else(|| bad("no bucket"))?;
         let mut b = services::S3::default()
