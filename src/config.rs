@@ -525,6 +525,14 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_is_a_flag_and_an_environment_variable() {
+        for arg in config_args() {
+            assert!(arg.get_long().is_some(), "{} has no flag", arg.get_id());
+            assert!(arg.get_env().is_some(), "{} has no variable", arg.get_id());
+        }
+    }
+
+    #[test]
     fn an_unknown_key_in_the_file_is_an_error_naming_it() {
         let e = parse_file(
             Path::new("x.toml"),
