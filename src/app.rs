@@ -2,9 +2,9 @@
 //! sources, then runs one role or all of them until the shutdown token fires.
 
 use crate::adapters::broker::{Publisher, Topology};
+use crate::adapters::db;
 use crate::adapters::dns::HickoryMailResolver;
 use crate::adapters::smtp::TcpSmtpProber;
-use crate::adapters::{db, storage};
 use crate::api::{self, AppState};
 use crate::config::{Config, Switch};
 use crate::projector::{self, ProjectorConfig};
@@ -77,7 +77,7 @@ pub async fn run_api(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let storage = storage::operator(&config.assets_location())?;
+    let storage = config.storage()?;
     let publisher = Arc::new(Publisher::new(
         &config.amqp_url,
         &process_name("api"),
@@ -112,7 +112,7 @@ pub async fn run_projector(
     pool: Pool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let storage = storage::operator(&config.assets_location())?;
+    let storage = config.storage()?;
     let pc = ProjectorConfig {
         amqp_url: config.amqp_url.clone(),
         topology: topology(config),

@@ -1,8 +1,19 @@
-//! Configuration: every setting is an environment variable mirrored by a CLI flag, with a
-//! default that works on a developer machine with Postgres and RabbitMQ on loopback.
+//! Configuration: every setting is a CLI flag, an environment variable and a key of the
+//! configuration file (`bdjobs.toml`), with a default that works on a developer machine with
+//! Postgres and RabbitMQ on loopback. Precedence: flag > environment > file > default.
+//!
+//! The file is applied by turning its values into clap's defaults ([`parse`]), so one parser
+//! (clap's) validates every source and the precedence is clap's own. Its keys are the settings'
+//! names in snake case (`database_url`, `worker_concurrency`, ...); an unknown key is an error.
 
-use clap::{Args, ValueEnum};
+use crate::adapters::storage::{self, S3Credentials, StorageError};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, ValueEnum};
+use opendal::Operator;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -22,6 +33,7 @@ pub struct Config {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/bdjobs",
         global = true
     )]
@@ -31,6 +43,7 @@ pub struct Config {
     #[arg(
         long,
         env = "AMQP_URL",
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         global = true
     )]
@@ -147,6 +160,20 @@ pub struct Config {
         global = true
     )]
     pub log_format: LogFormat,
+
+    /// Access key id for an s3:// asset store (with --aws-secret-access-key).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", global = true)]
+    pub aws_access_key_id: Option<String>,
+
+    /// Secret of that access key. Prefer the environment variable or the config file: a flag's
+    /// value is visible to every user of the machine.
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub aws_secret_access_key: Option<String>,
 }
 
 impl Config {
@@ -165,5 +192,468 @@ impl Config {
         self.assets
             .clone()
             .unwrap_or_else(crate::adapters::storage::default_location)
+    }
+
+    /// The S3 access key, when both halves are set; one without the other is an error, since
+    /// it would silently send unsigned requests.
+    pub fn s3_credentials(&self) -> Result<Option<S3Credentials>, StorageError> {
+        match (&self.aws_access_key_id, &self.aws_secret_access_key) {
+            (Some(id), Some(secret)) => Ok(Some(S3Credentials {
+                access_key_id: id.clone(),
+                secret_access_key: secret.clone(),
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) | (None, Some(_)) => Err(StorageError::Config(
+                self.assets_location(),
+                "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither".to_owned(),
+            )),
+        }
+    }
+
+    /// The asset store these settings name, with their credentials.
+    pub fn storage(&self) -> Result<Operator, StorageError> {
+        storage::operator_with(&self.assets_location(), self.s3_credentials()?.as_ref())
+    }
+}
+
+/// The configuration file's location, parsed like every other option (it only chooses where the
+/// rest come from, so it cannot itself be set in the file).
+#[derive(Debug, Clone, Args)]
+pub struct ConfigFile {
+    /// Configuration file (TOML, keys as in bdjobs.example.toml). Its settings rank below flags
+    /// and environment variables and above the defaults. [default: ./bdjobs.toml, if present]
+    #[arg(
+        long = "config",
+        env = "BDJOBS_CONFIG",
+        value_name = "PATH",
+        global = true
+    )]
+    pub config: Option<PathBuf>,
+}
+
+/// The file read when neither `--config` nor `BDJOBS_CONFIG` names one (and it exists).
+pub const DEFAULT_FILE: &str = "bdjobs.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("config file {0} is not valid TOML: {1}")]
+    Syntax(PathBuf, String),
+    #[error("config file {path}: unknown key `{key}` (known keys: {known})")]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        known: String,
+    },
+    #[error("config file {path}: `{key}` {why}")]
+    BadValue {
+        path: PathBuf,
+        key: String,
+        why: String,
+    },
+    /// Bad flags or environment, `--help` or `--version`: clap prints and exits as usual.
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+}
+
+/// Where a setting's effective value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env(String),
+    File(PathBuf),
+    Default,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Flag => f.write_str("flag"),
+            Source::Env(var) => write!(f, "env {var}"),
+            Source::File(path) => write!(f, "file {}", path.display()),
+            Source::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// One setting as `bdjobs config` shows it: its value as given (None when unset) and its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub key: String,
+    pub env: Option<String>,
+    pub value: Option<String>,
+    pub source: Source,
+}
+
+/// A parsed command line with the provenance of every [`Config`] setting.
+#[derive(Debug)]
+pub struct Loaded<P> {
+    pub cli: P,
+    /// The config file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// Every setting of [`Config`], in declaration order.
+    pub settings: Vec<Setting>,
+}
+
+/// The settings' clap arguments: the single list of keys the file may use.
+fn config_args() -> Vec<clap::Arg> {
+    Config::augment_args(clap::Command::new("bdjobs"))
+        .get_arguments()
+        .cloned()
+        .collect()
+}
+
+/// The value of `--config` in `args` (as `--config PATH` or `--config=PATH`). Read before
+/// parsing since it decides the other options' defaults.
+fn config_flag(args: &[OsString]) -> Option<PathBuf> {
+    let mut it = args.iter().skip(1);
+    while let Some(arg) = it.next() {
+        let arg = arg.to_string_lossy();
+        if arg == "--" {
+            break;
+        }
+        if arg == "--config" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    None
+}
+
+/// Which file to read: `--config`, else `BDJOBS_CONFIG`, else `./bdjobs.toml` when it exists.
+/// A file that is named explicitly must exist.
+fn locate(args: &[OsString], env: Option<OsString>) -> Option<(PathBuf, bool)> {
+    if let Some(path) = config_flag(args) {
+        return Some((path, true));
+    }
+    if let Some(path) = env.filter(|v| !v.is_empty()) {
+        return Some((PathBuf::from(path), true));
+    }
+    let default = PathBuf::from(DEFAULT_FILE);
+    default.exists().then_some((default, false))
+}
+
+/// Parses a config file's text into `key → value` strings, refusing unknown keys and values
+/// the setting's own parser rejects.
+pub fn parse_file(path: &Path, text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let table: toml::Table =
+        toml::from_str(text).map_err(|e| ConfigError::Syntax(path.to_owned(), e.to_string()))?;
+    let args = config_args();
+    let mut out = BTreeMap::new();
+    for (key, value) in table {
+        let Some(arg) = args.iter().find(|a| a.get_id().as_str() == key) else {
+            let known = args
+                .iter()
+                .map(|a| a.get_id().as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(ConfigError::UnknownKey {
+                path: path.to_owned(),
+                key,
+                known,
+            });
+        };
+        let bad = |why: String| ConfigError::BadValue {
+            path: path.to_owned(),
+            key: key.clone(),
+            why,
+        };
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(bad(format!(
+                    "must be a string or a number, not {}",
+                    other.type_str()
+                )))
+            }
+        };
+        // The setting's own parser, run on a one-option command: the same checks as for a
+        // flag, reported with the file and key instead of a flag name.
+        let long = arg.get_long().expect("every setting has a long flag");
+        let probe = clap::Command::new("bdjobs")
+            .no_binary_name(true)
+            .arg(arg.clone().env(None::<&str>).default_value(None::<&str>))
+            .try_get_matches_from([format!("--{long}={text}")]);
+        if let Err(e) = probe {
+            let why = e.to_string();
+            let first = why.lines().next().unwrap_or("is invalid");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            return Err(bad(format!("is invalid: {first}")));
+        }
+        out.insert(key, text);
+    }
+    Ok(out)
+}
+
+/// Parses `args` (the first is the program name) for the command `P`, which must flatten
+/// [`Config`] and [`ConfigFile`]. The config file's values become clap defaults, so flags and
+/// environment variables still win over them.
+pub fn parse<P: CommandFactory + FromArgMatches>(
+    args: Vec<OsString>,
+) -> Result<Loaded<P>, ConfigError> {
+    let located = locate(&args, std::env::var_os("BDJOBS_CONFIG"));
+    let (file, values) = match located {
+        Some((path, _)) => {
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| ConfigError::Read(path.clone(), e))?;
+            let values = parse_file(&path, &text)?;
+            (Some(path), values)
+        }
+        None => (None, BTreeMap::new()),
+    };
+    let mut command = P::command();
+    for (key, value) in &values {
+        // --help shows defaults: not when the file's value holds a password.
+        let secret = mask(key, value) != *value;
+        command = command.mut_arg(key.as_str(), |a| {
+            a.default_value(value.clone()).hide_default_value(secret)
+        });
+    }
+    let matches = command.try_get_matches_from(args)?;
+    let cli = P::from_arg_matches(&matches)?;
+    let settings = settings(&matches, file.as_deref(), &values);
+    Ok(Loaded {
+        cli,
+        file,
+        settings,
+    })
+}
+
+fn settings(
+    matches: &ArgMatches,
+    file: Option<&Path>,
+    from_file: &BTreeMap<String, String>,
+) -> Vec<Setting> {
+    config_args()
+        .iter()
+        .map(|arg| {
+            let key = arg.get_id().as_str().to_owned();
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            let value = matches
+                .get_raw(&key)
+                .and_then(|mut v| v.next())
+                .map(|v| v.to_string_lossy().into_owned());
+            let source = match matches.value_source(&key) {
+                Some(ValueSource::CommandLine) => Source::Flag,
+                Some(ValueSource::EnvVariable) => Source::Env(env.clone().unwrap_or_default()),
+                Some(ValueSource::DefaultValue) if from_file.contains_key(&key) => {
+                    Source::File(file.map(Path::to_owned).unwrap_or_default())
+                }
+                _ => Source::Default,
+            };
+            Setting {
+                key,
+                env,
+                value,
+                source,
+            }
+        })
+        .collect()
+}
+
+/// A value fit to print: the password of a URL is masked, and so is the whole value of a
+/// setting whose name says it is a secret.
+pub fn mask(key: &str, value: &str) -> String {
+    const MASK: &str = "********";
+    if key.contains("secret") || key.contains("password") {
+        return MASK.to_owned();
+    }
+    match url::Url::parse(value) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some(MASK));
+            url.to_string()
+        }
+        _ => value.to_owned(),
+    }
+}
+
+/// What `bdjobs config` prints: every setting as a line of TOML (so the output, secrets aside,
+/// is a valid config file) with its source in a comment.
+pub fn render(config: &Config, file: Option<&Path>, settings: &[Setting]) -> String {
+    let mut out = String::from(
+        "# Effective bdjobs configuration. Precedence: flag > env > file > default.\n",
+    );
+    match file {
+        Some(path) => out.push_str(&format!("# Config file: {}\n", path.display())),
+        None => out.push_str(&format!(
+            "# Config file: none (no --config, no BDJOBS_CONFIG, no ./{DEFAULT_FILE})\n"
+        )),
+    }
+    let lines: Vec<(String, String)> = settings
+        .iter()
+        .map(|s| {
+            let value = match (&s.value, s.key.as_str()) {
+                (Some(v), _) => Some(v.clone()),
+                // Unset means "the default location", which is worth showing in full.
+                (None, "assets") => Some(config.assets_location()),
+                (None, _) => None,
+            };
+            let line = match value {
+                Some(v) => {
+                    let v = mask(&s.key, &v);
+                    let shown = if v.parse::<i64>().is_ok() {
+                        v
+                    } else {
+                        toml::Value::String(v).to_string()
+                    };
+                    format!("{} = {shown}", s.key)
+                }
+                None => format!("# {} is not set", s.key),
+            };
+            (line, format!("# {}", s.source))
+        })
+        .collect();
+    let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    for (line, comment) in lines {
+        out.push_str(&format!("{line:width$}  {comment}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct TestCli {
+        #[command(flatten)]
+        config: Config,
+        #[command(flatten)]
+        file: ConfigFile,
+    }
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        std::iter::once("bdjobs")
+            .chain(list.iter().copied())
+            .map(OsString::from)
+            .collect()
+    }
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bdjobs.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_file_value_replaces_the_default_and_a_flag_beats_the_file() {
+        let (_dir, path) = write("namespace = \"from-file\"\nworker_concurrency = 9\n");
+        let path = path.to_str().unwrap();
+        let loaded: Loaded<TestCli> =
+            parse(args(&["--config", path, "--worker-concurrency", "2"])).unwrap();
+        assert_eq!(loaded.cli.config.namespace, "from-file");
+        assert_eq!(loaded.cli.config.worker_concurrency, 2);
+        let source = |key: &str| {
+            loaded
+                .settings
+                .iter()
+                .find(|s| s.key == key)
+                .unwrap()
+                .source
+                .clone()
+        };
+        assert_eq!(source("namespace"), Source::File(PathBuf::from(path)));
+        assert_eq!(source("worker_concurrency"), Source::Flag);
+        assert_eq!(source("projector_prefetch"), Source::Default);
+    }
+
+    #[test]
+    fn every_setting_is_a_flag_and_an_environment_variable() {
+        for arg in config_args() {
+            assert!(arg.get_long().is_some(), "{} has no flag", arg.get_id());
+            assert!(arg.get_env().is_some(), "{} has no variable", arg.get_id());
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_an_error_naming_it() {
+        let e = parse_file(
+            Path::new("x.toml"),
+            "namespace = \"a\"\nworker_concurency = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown key `worker_concurency`"), "{e}");
+        assert!(
+            e.contains("worker_concurrency"),
+            "lists the known keys: {e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_in_the_file_names_its_key_and_the_problem() {
+        let e = parse_file(Path::new("x.toml"), "dns_timeout_ms = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`dns_timeout_ms` is invalid"), "{e}");
+        let e = parse_file(Path::new("x.toml"), "log_format = \"xml\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`log_format`") && e.contains("xml"), "{e}");
+        let e = parse_file(Path::new("x.toml"), "namespace = [\"a\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be a string or a number"), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_toml_is_a_syntax_error() {
+        let e = parse_file(Path::new("x.toml"), "namespace = \n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn a_named_config_file_that_does_not_exist_is_an_error() {
+        let e = parse::<TestCli>(args(&["--config=/nonexistent/bdjobs.toml"])).unwrap_err();
+        assert!(matches!(e, ConfigError::Read(..)), "{e}");
+    }
+
+    #[test]
+    fn the_config_flag_is_found_in_both_spellings_but_not_after_a_double_dash() {
+        assert_eq!(
+            config_flag(&args(&["api", "--config", "a.toml"])),
+            Some(PathBuf::from("a.toml"))
+        );
+        assert_eq!(
+            config_flag(&args(&["--config=b.toml", "api"])),
+            Some(PathBuf::from("b.toml"))
+        );
+        assert_eq!(config_flag(&args(&["--", "--config", "c.toml"])), None);
+    }
+
+    #[test]
+    fn passwords_in_urls_and_secret_settings_are_masked() {
+        assert_eq!(
+            mask("amqp_url", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:********@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            mask("database_url", "postgres://postgres@127.0.0.1:5432/bdjobs"),
+            "postgres://postgres@127.0.0.1:5432/bdjobs"
+        );
+        assert_eq!(mask("aws_secret_access_key", "abc"), "********");
+        assert_eq!(mask("namespace", "bdjobs"), "bdjobs");
+    }
+
+    #[test]
+    fn the_rendered_configuration_is_toml_with_every_setting() {
+        let loaded: Loaded<TestCli> = parse(args(&["--namespace", "ns"])).unwrap();
+        let text = render(&loaded.cli.config, None, &loaded.settings);
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(table["namespace"].as_str(), Some("ns"));
+        assert_eq!(table["dns_timeout_ms"].as_integer(), Some(2000));
+        for s in &loaded.settings {
+            assert!(text.contains(&s.key), "{} missing from:\n{text}", s.key);
+        }
     }
 }

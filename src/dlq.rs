@@ -138,6 +138,7 @@ pub async fn redrive(
         let info = describe(&d);
         match origin(topology, &info) {
             Some((exchange, key)) => {
+                let correlation = broker::correlation_id_of(&d.properties);
                 publisher
                     .publish(Outgoing {
                         exchange: &exchange,
@@ -145,6 +146,7 @@ pub async fn redrive(
                         message_id: &info.message_id,
                         kind: &info.kind,
                         body: &d.data,
+                        correlation_id: correlation.as_deref(),
                     })
                     .await?;
                 d.acker.ack(BasicAckOptions::default()).await?;

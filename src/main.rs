@@ -3,11 +3,12 @@
 use anyhow::Context;
 use bdjobs::adapters::db;
 use bdjobs::app;
-use bdjobs::config::{Config, LogFormat};
+use bdjobs::config::{self, Config, ConfigError, ConfigFile, LogFormat};
 use bdjobs::domain::ids::TenantId;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
@@ -17,11 +18,15 @@ use std::path::PathBuf;
     long_about = "Business-development jobs: clients POST a job (companies or contacts plus a preset), \
 workers run the BD pipeline from RabbitMQ, a projector folds their events into Postgres and stores \
 the verified_contacts asset, and the API serves status, results and downloads.\n\n\
-Every option is also read from the environment variable shown beside it."
+Every option is also read from the environment variable shown beside it, and from the \
+configuration file (bdjobs.toml; see bdjobs.example.toml). Precedence: flag > environment > \
+file > default. `bdjobs config` shows what is in effect and where each value came from."
 )]
 struct Cli {
     #[command(flatten)]
     config: Config,
+    #[command(flatten)]
+    file: ConfigFile,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +64,9 @@ enum Command {
         #[command(subcommand)]
         command: DirectoryCommand,
     },
+    /// Print the effective configuration, each setting with its source (flag, env, file or
+    /// default); passwords and secrets are masked.
+    Config,
 }
 
 #[derive(Subcommand)]
@@ -101,8 +109,10 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,lapin=warn,hickory_resolver=warn,hickory_proto=warn")
     });
+    // Colours only for a person at a terminal, not in files or log collectors.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -110,12 +120,40 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let config = cli.config;
-    init_logging(config.log_format);
-    match cli.command {
+fn main() -> ExitCode {
+    let loaded = match config::parse::<Cli>(std::env::args_os().collect()) {
+        Ok(loaded) => loaded,
+        Err(ConfigError::Cli(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(loaded.cli.config.log_format);
+    if let Some(file) = &loaded.file {
+        tracing::debug!(file = %file.display(), "read the config file");
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("cannot start the Tokio runtime");
+    match runtime.block_on(run(loaded)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The same shape as anyhow's report from main, also in JSON mode's stderr.
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(loaded: config::Loaded<Cli>) -> anyhow::Result<()> {
+    let config = loaded.cli.config;
+    match loaded.cli.command {
+        Command::Config => {
+            print!(
+                "{}",
+                config::render(&config, loaded.file.as_deref(), &loaded.settings)
+            );
+            Ok(())
+        }
         Command::Demo { examples } => bdjobs::demo::run(config, &examples).await,
         Command::All => {
             let pool = app::migrate(&config).await?;
@@ -137,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => {
             app::migrate(&config).await?;
-            eprintln!("database is up to date");
+            tracing::info!("database is up to date");
             Ok(())
         }
         Command::Keys {

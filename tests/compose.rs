@@ -468,6 +468,40 @@ fn the_settings_given_to_the_roles_are_values_the_binary_accepts() {
 }
 
 #[test]
+fn each_role_reads_its_whole_environment_as_the_binary_parses_it() {
+    // `bdjobs config` runs the binary's own parser over the role's environment, exactly as the
+    // container would, and says where each setting came from.
+    let doc = compose();
+    let services = services(&doc);
+    let dir = tempfile::tempdir().unwrap();
+    for name in bdjobs_services(&services).keys() {
+        let env = env_of(service(&services, name));
+        let out = Command::new(env!("CARGO_BIN_EXE_bdjobs"))
+            .current_dir(dir.path())
+            .env_clear()
+            .envs(&env)
+            .arg("config")
+            .output()
+            .expect("cannot run the bdjobs binary");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "service `{name}`: the binary refuses its environment: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for var in env.keys().filter(|v| v.as_str() != "RUST_LOG") {
+            assert!(
+                text.lines().any(|l| l.ends_with(&format!("# env {var}"))),
+                "service `{name}`: {var} is not taken from the environment:\n{text}"
+            );
+        }
+        if let Some(secret) = env.get("AWS_SECRET_ACCESS_KEY") {
+            assert!(!text.contains(secret.as_str()), "the secret is printed");
+        }
+    }
+}
+
+#[test]
 fn the_roles_share_one_database_broker_namespace_and_asset_store() {
     let doc = compose();
     let services = services(&doc);

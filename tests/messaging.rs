@@ -140,6 +140,7 @@ async fn a_malformed_command_is_dead_lettered_and_the_queue_keeps_moving() {
                 message_id: &format!("poison-{i}"),
                 kind: "job.run",
                 body,
+                correlation_id: None,
             })
             .await
             .unwrap();

@@ -60,7 +60,7 @@ async fn recorded_job(res: &Resources) -> (JobRef, RawEnvelope, Vec<RawEnvelope>
     .into_envelope(&job, Position::ORIGIN, Utc::now());
     let view = JobView::created(&EventRecord::from_raw(&created).unwrap()).unwrap();
     let cmd = run_job_command(&job, &run, Utc::now());
-    db::jobs::create_job(&res.pool, &created, &view, &cmd, RUN_JOB_KEY)
+    db::jobs::create_job(&res.pool, &created, &view, &cmd, RUN_JOB_KEY, None)
         .await
         .unwrap();
     let dns = bdjobs::adapters::dns_stub::StubDns::start(

@@ -211,6 +211,19 @@ pub fn attempt_of(props: &BasicProperties) -> u32 {
     (count.max(0) as u32).saturating_add(1)
 }
 
+/// The AMQP header that carries a job's correlation id: set by the API on `job.run`, copied by
+/// the worker onto every event of that job, so that one job can be followed across roles' logs.
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// The correlation id a delivery carries, if any.
+pub fn correlation_id_of(props: &BasicProperties) -> Option<String> {
+    match props.headers().as_ref()?.inner().get(CORRELATION_HEADER)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
 /// One message to publish.
 pub struct Outgoing<'a> {
     pub exchange: &'a str,
@@ -218,6 +231,8 @@ pub struct Outgoing<'a> {
     pub message_id: &'a str,
     pub kind: &'a str,
     pub body: &'a [u8],
+    /// Sent as the [`CORRELATION_HEADER`] header when present.
+    pub correlation_id: Option<&'a str>,
 }
 
 /// Publishes persistent messages and waits for the broker's confirm. Holds one connection and
@@ -271,11 +286,19 @@ impl Publisher {
 
     async fn publish_once(&self, msg: &Outgoing<'_>) -> Result<(), BrokerError> {
         let ch = self.channel().await?;
-        let props = BasicProperties::default()
+        let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_message_id(msg.message_id.to_owned().into())
             .with_type(msg.kind.to_owned().into());
+        if let Some(id) = msg.correlation_id {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                CORRELATION_HEADER.into(),
+                AMQPValue::LongString(LongString::from(id.to_owned())),
+            );
+            props = props.with_headers(headers);
+        }
         let confirm = ch
             .basic_publish(
                 msg.exchange.to_owned().into(),

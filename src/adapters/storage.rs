@@ -1,8 +1,10 @@
 //! Object storage through Apache OpenDAL. `BDJOBS_ASSETS` picks the backend:
 //! - `fs:///abs/path` (or a plain path): a folder on disk (the default, `./var/assets`);
 //! - `memory://`: in-process, for tests;
-//! - `s3://BUCKET?endpoint=URL&region=REGION`: S3 or an S3-compatible server, with
-//!   credentials from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+//! - `s3://BUCKET?endpoint=URL&region=REGION`: S3 or an S3-compatible server. Credentials are
+//!   passed in ([`operator_with`]; the binary takes them from its configuration) or read from
+//!   `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` ([`operator`]); never from the location, which
+//!   ends up in logs and error messages.
 
 use opendal::{services, ErrorKind, Operator};
 use std::path::Path;
@@ -34,13 +36,58 @@ pub fn default_location() -> String {
     format!("fs://{}", cwd.join("var").join("assets").display())
 }
 
-/// Builds the operator `location` names.
+/// An access key for an S3 backend. `Debug` leaves the secret out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"***")
+            .finish()
+    }
+}
+
+impl S3Credentials {
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`, when both are set.
+    pub fn from_env() -> Option<Self> {
+        match (
+            std::env::var("AWS_ACCESS_KEY_ID"),
+            std::env::var("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            (Ok(access_key_id), Ok(secret_access_key)) => Some(Self {
+                access_key_id,
+                secret_access_key,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Builds the operator `location` names, with S3 credentials from the environment.
 pub fn operator(location: &str) -> Result<Operator, StorageError> {
+    operator_with(location, S3Credentials::from_env().as_ref())
+}
+
+/// Builds the operator `location` names. `credentials` sign S3 requests (without them requests
+/// are anonymous); the other backends ignore them.
+pub fn operator_with(
+    location: &str,
+    credentials: Option<&S3Credentials>,
+) -> Result<Operator, StorageError> {
     let bad = |why: &str| StorageError::Config(location.to_owned(), why.to_owned());
     if location == "memory://" || location == "memory" {
         return Ok(Operator::new(services::Memory::default())?);
     }
     if let Some(rest) = location.strip_prefix("s3://") {
+        // Without the `auto-register-services` feature nothing installs OpenDAL's HTTP transport
+        // for us, and every S3 request would fail with "default HTTP transport is not installed".
+        // Idempotent: the first call wins.
+        opendal::install_default();
         let url = url::Url::parse(&format!("s3://{rest}")).map_err(|e| bad(&e.to_string()))?;
         let bucket = url.host_str().ok_or_else(|| bad("no bucket"))?;
         let mut b = services::S3::default()
@@ -59,11 +106,10 @@ pub fn operator(location: &str) -> Result<Operator, StorageError> {
                 other => return Err(bad(&format!("unknown parameter {other:?}"))),
             };
         }
-        if let (Ok(id), Ok(secret)) = (
-            std::env::var("AWS_ACCESS_KEY_ID"),
-            std::env::var("AWS_SECRET_ACCESS_KEY"),
-        ) {
-            b = b.access_key_id(&id).secret_access_key(&secret);
+        if let Some(c) = credentials {
+            b = b
+                .access_key_id(&c.access_key_id)
+                .secret_access_key(&c.secret_access_key);
         }
         return Ok(Operator::new(b)?);
     }
@@ -116,6 +162,27 @@ mod tests {
         let op = operator(&format!("fs://{}", dir.path().display())).unwrap();
         put(&op, "tenants/a/x", b"1".to_vec()).await.unwrap();
         assert!(dir.path().join("tenants/a/x").exists());
+    }
+
+    #[test]
+    fn credentials_never_show_their_secret_when_debug_printed() {
+        let c = S3Credentials {
+            access_key_id: "AKID".into(),
+            secret_access_key: "very-secret".into(),
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("AKID") && !shown.contains("very-secret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn an_s3_location_with_an_unknown_parameter_is_refused() {
+        let e = operator_with("s3://b?endpoint=http://127.0.0.1:1&secret=x", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown parameter \"secret\""), "{e}");
     }
 
     #[test]

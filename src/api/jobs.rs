@@ -16,7 +16,7 @@ use crate::domain::stages::{ExecutionOptions, IcpConfig, Summary};
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -128,11 +128,34 @@ fn validate(
     Ok((plan, input))
 }
 
+/// The response header that returns a job's correlation id to its client.
+pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The correlation id of a new job: the client's `X-Correlation-Id` (or else `X-Request-Id`)
+/// when it is a sensible token, so the job joins the caller's own trace; otherwise a fresh
+/// UUID. Anything else (too long, spaces, control characters) is replaced rather than refused:
+/// it is a tracing aid, not part of the request, and must not be able to forge log lines.
+pub fn correlation_id(headers: &HeaderMap) -> String {
+    let usable = |v: &HeaderValue| {
+        let s = v.to_str().ok()?;
+        let ok = (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic());
+        ok.then(|| s.to_owned())
+    };
+    headers
+        .get(CORRELATION_ID)
+        .and_then(usable)
+        .or_else(|| headers.get(REQUEST_ID).and_then(usable))
+        .unwrap_or_else(|| Uuid::new_v4().to_string())
+}
+
 pub async fn create_job(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateJob>,
 ) -> Result<Response, ApiError> {
+    let correlation = correlation_id(&headers);
     let (plan, input) = validate(&body)?;
     let icp_config = body.icp_config.unwrap_or_default();
     let shape = InputShape {
@@ -167,8 +190,16 @@ pub async fn create_job(
         execution_options: body.execution_options.unwrap_or_default(),
     };
     let command = run_job_command(&job, &run, now);
-    db::jobs::create_job(&state.pool, &created, &view, &command, RUN_JOB_KEY).await?;
-    tracing::info!(job_id = %job.job_id, "job created");
+    db::jobs::create_job(
+        &state.pool,
+        &created,
+        &view,
+        &command,
+        RUN_JOB_KEY,
+        Some(&correlation),
+    )
+    .await?;
+    tracing::info!(job_id = %job.job_id, correlation_id = %correlation, "job created");
     // The fast path; if it fails the outbox relay publishes the command a few seconds later.
     let body_bytes = serde_json::to_vec(&command).expect("envelopes serialise");
     let exchange = state.publisher.topology().commands_exchange();
@@ -180,6 +211,7 @@ pub async fn create_job(
             message_id: &command.message_id.to_string(),
             kind: &command.kind,
             body: &body_bytes,
+            correlation_id: Some(&correlation),
         })
         .await
     {
@@ -209,6 +241,9 @@ pub async fn create_job(
     let mut resp = (StatusCode::ACCEPTED, Json(out)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&correlation) {
+        resp.headers_mut().insert(CORRELATION_ID, v);
     }
     Ok(resp)
 }
@@ -373,4 +408,40 @@ pub async fn cancel_job(
     tx.commit().await?;
     tracing::info!(job_id = %id, status = view.status.as_str(), "cancellation requested");
     Ok((StatusCode::ACCEPTED, Json(job_json(&view))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_clients_correlation_id_is_kept_and_preferred_to_its_request_id() {
+        let h = headers(&[("x-correlation-id", "abc-123"), ("x-request-id", "req-9")]);
+        assert_eq!(correlation_id(&h), "abc-123");
+        assert_eq!(
+            correlation_id(&headers(&[("x-request-id", "req-9")])),
+            "req-9"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_unusable_correlation_id_is_replaced_by_a_fresh_uuid() {
+        for h in [
+            headers(&[]),
+            headers(&[("x-correlation-id", "has spaces")]),
+            headers(&[("x-correlation-id", &"x".repeat(129))]),
+        ] {
+            let id = correlation_id(&h);
+            assert!(Uuid::parse_str(&id).is_ok(), "{id}");
+        }
+        assert_ne!(correlation_id(&headers(&[])), correlation_id(&headers(&[])));
+    }
 }

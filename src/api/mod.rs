@@ -152,6 +152,7 @@ pub async fn relay_once(
                 message_id: &id,
                 kind: "job.run",
                 body: &row.body,
+                correlation_id: row.correlation_id.as_deref(),
             })
             .await
         {

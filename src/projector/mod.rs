@@ -396,7 +396,16 @@ async fn consume(
             match RawEnvelope::from_slice(&delivery.data)
                 .and_then(|raw| EventRecord::from_raw(&raw).map(|_| raw))
             {
-                Ok(raw) => batch.push((delivery, raw)),
+                Ok(raw) => {
+                    // Batches mix jobs, so each event's correlation id is logged on its own.
+                    tracing::debug!(
+                        job_id = %raw.job_id,
+                        kind = %raw.kind,
+                        correlation_id = broker::correlation_id_of(&delivery.properties).as_deref(),
+                        "event received"
+                    );
+                    batch.push((delivery, raw))
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "dead-lettering a malformed event");
                     delivery

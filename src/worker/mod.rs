@@ -52,6 +52,16 @@ impl WorkerError {
 #[async_trait]
 pub trait EventSink: Send + Sync {
     async fn emit(&self, event: RawEnvelope) -> Result<(), BrokerError>;
+
+    /// Emits an event of the job with this correlation id; sinks with nowhere to put it ignore it.
+    async fn emit_correlated(
+        &self,
+        event: RawEnvelope,
+        correlation_id: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let _ = correlation_id;
+        self.emit(event).await
+    }
 }
 
 /// Publishes events to `NS.events` with the event type as routing key.
@@ -60,6 +70,14 @@ pub struct BrokerSink(pub Arc<Publisher>);
 #[async_trait]
 impl EventSink for BrokerSink {
     async fn emit(&self, event: RawEnvelope) -> Result<(), BrokerError> {
+        self.emit_correlated(event, None).await
+    }
+
+    async fn emit_correlated(
+        &self,
+        event: RawEnvelope,
+        correlation_id: Option<&str>,
+    ) -> Result<(), BrokerError> {
         let body = serde_json::to_vec(&event).expect("envelopes serialise");
         let exchange = self.0.topology().events_exchange();
         self.0
@@ -69,7 +87,23 @@ impl EventSink for BrokerSink {
                 message_id: &event.message_id.to_string(),
                 kind: &event.kind,
                 body: &body,
+                correlation_id,
             })
+            .await
+    }
+}
+
+/// A sink that tags every event with the correlation id of the command being run.
+pub struct Correlated<'a> {
+    pub sink: &'a dyn EventSink,
+    pub correlation_id: Option<String>,
+}
+
+#[async_trait]
+impl EventSink for Correlated<'_> {
+    async fn emit(&self, event: RawEnvelope) -> Result<(), BrokerError> {
+        self.sink
+            .emit_correlated(event, self.correlation_id.as_deref())
             .await
     }
 }
@@ -387,8 +421,19 @@ async fn handle(
                 return;
             }
         };
-    let span =
-        tracing::info_span!("job", job_id = %command.job_id, tenant = %command.tenant, attempt);
+    let correlation_id = broker::correlation_id_of(&delivery.properties);
+    let span = tracing::info_span!(
+        "job",
+        job_id = %command.job_id,
+        tenant = %command.tenant,
+        attempt,
+        correlation_id = correlation_id.as_deref()
+    );
+    let sink = Correlated {
+        sink,
+        correlation_id,
+    };
+    let sink = &sink;
     async {
         if is_finished(pool, command.job_id).await {
             tracing::info!("job already finished; acknowledging the command without running it");

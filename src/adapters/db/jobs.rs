@@ -102,14 +102,16 @@ pub async fn events_of_job(
     .collect()
 }
 
-/// A new job: its `job.created` event, its view and its `job.run` command, all in one
-/// transaction, so that a job exists if and only if its command will be published.
+/// A new job: its `job.created` event, its view and its `job.run` command (with the correlation
+/// id it is to be published with), all in one transaction, so that a job exists if and only if
+/// its command will be published.
 pub async fn create_job(
     pool: &Pool,
     created: &RawEnvelope,
     view: &JobView,
     command: &RawEnvelope,
     routing_key: &str,
+    correlation_id: Option<&str>,
 ) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -117,12 +119,14 @@ pub async fn create_job(
     insert_view(&tx, view).await?;
     let body = serde_json::to_vec(command).expect("envelopes serialise");
     tx.execute(
-        "INSERT INTO outbox (message_id, job_id, routing_key, body) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO outbox (message_id, job_id, routing_key, body, correlation_id)
+         VALUES ($1, $2, $3, $4, $5)",
         &[
             &command.message_id.0,
             &command.job_id.0,
             &routing_key,
             &body,
+            &correlation_id,
         ],
     )
     .await?;
@@ -142,6 +146,7 @@ pub struct OutboxRow {
     pub message_id: Uuid,
     pub routing_key: String,
     pub body: Vec<u8>,
+    pub correlation_id: Option<String>,
 }
 
 /// Outbox rows older than `grace_secs` (whose fast-path publish evidently did not confirm),
@@ -154,7 +159,7 @@ pub async fn due_outbox(
 ) -> Result<Vec<OutboxRow>, DbError> {
     Ok(tx
         .query(
-            "SELECT message_id, routing_key, body FROM outbox
+            "SELECT message_id, routing_key, body, correlation_id FROM outbox
              WHERE created_at < now() - make_interval(secs => $1) AND next_attempt_at <= now()
              ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             &[&grace_secs, &limit],
@@ -165,6 +170,7 @@ pub async fn due_outbox(
             message_id: r.get(0),
             routing_key: r.get(1),
             body: r.get(2),
+            correlation_id: r.get(3),
         })
         .collect())
 }

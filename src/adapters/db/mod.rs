@@ -116,7 +116,7 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
 }
 
 /// The migrations, in order. Embedded so the binary carries its own schema.
-pub const MIGRATIONS: [(&str, &str); 3] = [
+pub const MIGRATIONS: [(&str, &str); 4] = [
     (
         "0001_init",
         include_str!("../../../migrations/0001_init.sql"),
@@ -128,6 +128,10 @@ pub const MIGRATIONS: [(&str, &str); 3] = [
     (
         "0003_cancellation",
         include_str!("../../../migrations/0003_cancellation.sql"),
+    ),
+    (
+        "0004_outbox_correlation",
+        include_str!("../../../migrations/0004_outbox_correlation.sql"),
     ),
 ];
 

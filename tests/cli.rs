@@ -1,0 +1,271 @@
+//! The binary as an operator meets it: settings from flags, environment and bdjobs.toml with
+//! their precedence, `bdjobs config` (sources shown, secrets masked), and the two log formats.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// `bdjobs ARGS` in `dir`, with exactly the environment `env` (nothing inherited).
+fn bdjobs(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bdjobs"))
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("cannot run the bdjobs binary")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+/// The line of `bdjobs config` output for `key`: (value as TOML, source comment).
+fn line_of<'a>(text: &'a str, key: &str) -> (&'a str, &'a str) {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{key} = ")) || l.starts_with(&format!("# {key} ")))
+        .unwrap_or_else(|| panic!("no line for {key} in:\n{text}"));
+    let (value, source) = line.rsplit_once("  # ").unwrap();
+    (value.trim_end(), source)
+}
+
+#[test]
+fn bdjobs_config_shows_every_setting_with_its_source_and_masks_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bdjobs.toml"),
+        "namespace = \"from-file\"\n\
+         worker_concurrency = 7\n\
+         projector_prefetch = 5\n\
+         aws_access_key_id = \"AKIDFILE\"\n",
+    )
+    .unwrap();
+    let out = bdjobs(
+        dir.path(),
+        &[
+            (
+                "DATABASE_URL",
+                "postgres://app:pg-pass-123@db.internal:5432/bdjobs",
+            ),
+            ("AMQP_URL", "amqp://bdjobs:mq-pass-456@rabbit:5672/%2f"),
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret-789"),
+            ("BDJOBS_WORKER_CONCURRENCY", "3"),
+            ("BDJOBS_PROJECTOR_PREFETCH", "9"),
+        ],
+        &["config", "--projector-prefetch", "11"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for secret in ["pg-pass-123", "mq-pass-456", "aws-secret-789"] {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+    }
+    assert_eq!(
+        line_of(&text, "database_url"),
+        (
+            "database_url = \"postgres://app:********@db.internal:5432/bdjobs\"",
+            "env DATABASE_URL"
+        )
+    );
+    assert_eq!(
+        line_of(&text, "amqp_url"),
+        (
+            "amqp_url = \"amqp://bdjobs:********@rabbit:5672/%2f\"",
+            "env AMQP_URL"
+        )
+    );
+    assert_eq!(
+        line_of(&text, "aws_secret_access_key"),
+        (
+            "aws_secret_access_key = \"********\"",
+            "env AWS_SECRET_ACCESS_KEY"
+        )
+    );
+    // flag > env > file > default, one setting at each level.
+    assert_eq!(
+        line_of(&text, "projector_prefetch"),
+        ("projector_prefetch = 11", "flag")
+    );
+    assert_eq!(
+        line_of(&text, "worker_concurrency"),
+        ("worker_concurrency = 3", "env BDJOBS_WORKER_CONCURRENCY")
+    );
+    assert_eq!(
+        line_of(&text, "namespace"),
+        ("namespace = \"from-file\"", "file bdjobs.toml")
+    );
+    assert_eq!(
+        line_of(&text, "aws_access_key_id"),
+        ("aws_access_key_id = \"AKIDFILE\"", "file bdjobs.toml")
+    );
+    assert_eq!(
+        line_of(&text, "dns_timeout_ms"),
+        ("dns_timeout_ms = 2000", "default")
+    );
+    assert_eq!(
+        line_of(&text, "dns_nameserver"),
+        ("# dns_nameserver is not set", "default")
+    );
+    let assets = format!("fs://{}", dir.path().join("var/assets").display());
+    assert_eq!(
+        line_of(&text, "assets"),
+        (format!("assets = \"{assets}\"").as_str(), "default")
+    );
+    assert!(text.contains("# Config file: bdjobs.toml"), "{text}");
+}
+
+#[test]
+fn the_config_file_can_be_named_by_flag_or_environment_and_must_then_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.toml"), "namespace = \"aaa\"\n").unwrap();
+    std::fs::write(dir.path().join("b.toml"), "namespace = \"bbb\"\n").unwrap();
+
+    let by_env = bdjobs(dir.path(), &[("BDJOBS_CONFIG", "b.toml")], &["config"]);
+    assert!(by_env.status.success(), "{}", stderr(&by_env));
+    assert_eq!(
+        line_of(&stdout(&by_env), "namespace"),
+        ("namespace = \"bbb\"", "file b.toml")
+    );
+
+    // The flag beats the variable.
+    let by_flag = bdjobs(
+        dir.path(),
+        &[("BDJOBS_CONFIG", "b.toml")],
+        &["config", "--config", "a.toml"],
+    );
+    assert!(by_flag.status.success(), "{}", stderr(&by_flag));
+    assert_eq!(
+        line_of(&stdout(&by_flag), "namespace"),
+        ("namespace = \"aaa\"", "file a.toml")
+    );
+
+    let missing = bdjobs(dir.path(), &[], &["--config", "nope.toml", "config"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        stderr(&missing).contains("cannot read the config file nope.toml"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[test]
+fn an_unknown_key_in_the_config_file_stops_the_binary_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bdjobs.toml"),
+        "namespace = \"x\"\nworkers = 3\n",
+    )
+    .unwrap();
+    let out = bdjobs(dir.path(), &[], &["config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("unknown key `workers`"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn the_example_config_file_documents_every_setting_and_is_accepted() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("bdjobs.example.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = bdjobs(dir.path(), &[], &["config"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Every key `bdjobs config` knows appears in the example (commented out or not).
+    for line in stdout(&out).lines().filter(|l| !l.starts_with("# ")) {
+        let key = line.split(" = ").next().unwrap();
+        assert!(
+            text.contains(&format!("{key} = ")),
+            "bdjobs.example.toml does not document {key}"
+        );
+    }
+    for line in stdout(&out).lines().filter_map(|l| l.strip_prefix("# ")) {
+        if let Some(key) = line
+            .strip_suffix(" is not set")
+            .map(|l| l.split(' ').next().unwrap())
+        {
+            assert!(
+                text.contains(&format!("{key} = ")),
+                "bdjobs.example.toml does not document {key}"
+            );
+        }
+    }
+    // Uncommented, it is a valid configuration.
+    let uncommented: String = text
+        .lines()
+        .map(|l| {
+            l.strip_prefix("# ")
+                .filter(|r| r.contains(" = "))
+                .unwrap_or(l)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir.path().join("bdjobs.toml"), uncommented).unwrap();
+    let out = bdjobs(dir.path(), &[], &["config"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("# file bdjobs.toml"));
+}
+
+/// Runs `bdjobs migrate` on a fresh database in the given log format; returns stderr.
+fn migrate_logs(format: &str) -> String {
+    let url = format!(
+        "{PG}/bdjobs_t_logs_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = bdjobs(
+        dir.path(),
+        &[("DATABASE_URL", &url), ("BDJOBS_LOG_FORMAT", format)],
+        &["migrate"],
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bdjobs::adapters::db::drop_database(&url))
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stderr(&out)
+}
+
+#[test]
+fn logs_are_one_json_object_per_line_with_bdjobs_log_format_json() {
+    let logs = migrate_logs("json");
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 2, "{logs}");
+    for line in &lines {
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert!(line["level"].is_string(), "{line}");
+        assert!(line["fields"]["message"].is_string(), "{line}");
+    }
+    let messages: Vec<&str> = lines
+        .iter()
+        .map(|l| l["fields"]["message"].as_str().unwrap())
+        .collect();
+    assert!(messages.contains(&"created the database"), "{messages:?}");
+    assert!(messages.contains(&"database is up to date"), "{messages:?}");
+    assert!(lines
+        .iter()
+        .any(|l| l["fields"]["migration"] == "0001_init"));
+}
+
+#[test]
+fn logs_are_human_readable_text_by_default() {
+    let logs = migrate_logs("text");
+    assert!(logs.lines().count() >= 2, "{logs}");
+    for line in logs.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_err(),
+            "{line}"
+        );
+        assert!(line.contains(" INFO "), "{line}");
+    }
+    assert!(logs.contains("database is up to date"), "{logs}");
+}

@@ -1,0 +1,238 @@
+//! The asset path against a real S3 server on loopback: `s3s-fs` (crates.io), run as a
+//! subprocess with its own root folder and access key. A job runs through the API, the projector
+//! writes its assets to the bucket with signed requests, and the API serves them back.
+//!
+//! The server is a required tool, not an optional one: without it these tests fail (install it
+//! with `cargo install s3s-fs@0.14.1 --features binary --locked`; `.ci/run` does so when missing).
+
+mod common;
+
+use bdjobs::adapters::storage::{self, S3Credentials};
+use common::{demo_job, demo_zone, Resources, TestApp};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BUCKET: &str = "bdjobs-assets";
+const INSTALL: &str = "cargo install s3s-fs@0.14.1 --features binary --locked";
+
+/// Where the s3s-fs binary is: `$S3S_FS`, else Cargo's bin folder, else the PATH.
+fn s3s_fs_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("S3S_FS") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "S3S_FS names {}, which does not exist; install s3s-fs with `{INSTALL}`",
+            path.display()
+        );
+        return path;
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let mut candidates: Vec<PathBuf> = cargo_home
+        .map(|home| home.join("bin").join("s3s-fs"))
+        .into_iter()
+        .collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("s3s-fs")));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "the S3 tests need the s3s-fs server, which is not installed \
+                 (looked in $S3S_FS, $CARGO_HOME/bin and the PATH); install it with `{INSTALL}`"
+            )
+        })
+}
+
+/// One s3s-fs process serving a temporary folder; killed (and the folder removed) on drop.
+struct S3Server {
+    child: Child,
+    port: u16,
+    root: tempfile::TempDir,
+    credentials: S3Credentials,
+}
+
+impl S3Server {
+    fn start() -> Self {
+        let binary = s3s_fs_binary();
+        let root = tempfile::tempdir().unwrap();
+        // s3s-fs serves each folder under its root as a bucket.
+        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
+        let credentials = S3Credentials {
+            access_key_id: "bdjobs-test".to_owned(),
+            secret_access_key: format!("secret-{}", uuid::Uuid::new_v4().simple()),
+        };
+        // A free port from the kernel; s3s-fs takes a port number, not a listener.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", &credentials.access_key_id])
+            .args(["--secret-key", &credentials.secret_access_key])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let mut server = Self {
+            child,
+            port,
+            root,
+            credentials,
+        };
+        server.wait_until_listening();
+        server
+    }
+
+    fn wait_until_listening(&mut self) {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("s3s-fs exited before listening on {}: {status}", self.port);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "s3s-fs did not listen on 127.0.0.1:{} within 30 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The BDJOBS_ASSETS value for the bucket.
+    fn location(&self) -> String {
+        format!(
+            "s3://{BUCKET}?endpoint=http://127.0.0.1:{}&region=us-east-1",
+            self.port
+        )
+    }
+
+    /// An object's bytes as the server stored them on disk.
+    fn object_on_disk(&self, key: &str) -> Vec<u8> {
+        let path = self.root.path().join(BUCKET).join(key);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{} not in the bucket: {e}", path.display()))
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_s3_backend_signs_its_requests_with_the_credentials_it_is_given() {
+    let s3 = S3Server::start();
+    let good = storage::operator_with(&s3.location(), Some(&s3.credentials)).unwrap();
+    storage::put(&good, "probe/hello.txt", b"hello".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        storage::get(&good, "probe/hello.txt").await.unwrap(),
+        b"hello"
+    );
+    assert_eq!(s3.object_on_disk("probe/hello.txt"), b"hello");
+    assert!(storage::get(&good, "probe/missing")
+        .await
+        .unwrap_err()
+        .is_not_found());
+
+    let wrong = S3Credentials {
+        secret_access_key: "not-the-secret".to_owned(),
+        ..s3.credentials.clone()
+    };
+    let bad = storage::operator_with(&s3.location(), Some(&wrong)).unwrap();
+    assert!(
+        storage::put(&bad, "probe/forged.txt", b"x".to_vec())
+            .await
+            .is_err(),
+        "a wrong secret must be refused, or the server is not checking signatures"
+    );
+    let anonymous = storage::operator_with(&s3.location(), None).unwrap();
+    assert!(storage::put(&anonymous, "probe/anon.txt", b"x".to_vec())
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stores_its_assets_in_s3_and_the_api_serves_them_back() {
+    let s3 = S3Server::start();
+    let mut res = Resources::new("s3").await;
+    res.config.assets = Some(s3.location());
+    res.config.aws_access_key_id = Some(s3.credentials.access_key_id.clone());
+    res.config.aws_secret_access_key = Some(s3.credentials.secret_access_key.clone());
+    let app = TestApp::start_with(res, demo_zone()).await;
+    let key = app.res.key("acme").await;
+
+    let resp = app.post_job(&key, &demo_job()).await;
+    assert_eq!(resp.status(), 202);
+    let job_id = resp.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let last = app.wait(&key, &job_id).await.pop().unwrap();
+    assert_eq!(last["status"], "completed", "{last}");
+
+    let result = app
+        .get_json(&key, &format!("/api/v1/bd/jobs/{job_id}/result"))
+        .await;
+    let delivered = result["summary"]["delivered_contacts"].as_u64().unwrap();
+    assert_eq!(delivered, 18, "the demo job's numbers");
+    let assets = result["result_assets"].as_array().unwrap();
+    assert_eq!(assets.len(), 2, "{result}");
+
+    let mut seen = Vec::new();
+    for asset in assets {
+        let url = asset["download_url"].as_str().unwrap();
+        let resp = app.get(&key, url).await;
+        assert_eq!(resp.status(), 200, "GET {url}");
+        let mime = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert_eq!(mime, asset["mime_type"].as_str().unwrap());
+        let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+        let bytes = resp.bytes().await.unwrap().to_vec();
+        assert_eq!(etag, format!("\"{}\"", hex::encode(Sha256::digest(&bytes))));
+
+        // The bytes came from the bucket: the object the projector wrote, byte for byte.
+        let storage_key: String = app
+            .res
+            .pool
+            .get()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT storage_key FROM assets WHERE job_id = $1::text::uuid AND asset_id = $2",
+                &[&job_id, &asset["asset_id"].as_str().unwrap()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(bytes, s3.object_on_disk(&storage_key), "{storage_key}");
+
+        match mime.as_str() {
+            "application/json" => {
+                let rows: Vec<Value> = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!(rows.len() as u64, delivered);
+            }
+            "text/csv" => {
+                let text = String::from_utf8(bytes).unwrap();
+                let records = csv::Reader::from_reader(text.as_bytes()).records().count();
+                assert_eq!(records as u64, delivered);
+            }
+            other => panic!("unexpected asset type {other}"),
+        }
+        seen.push(mime);
+    }
+    seen.sort();
+    assert_eq!(seen, ["application/json", "text/csv"]);
+    app.stop().await;
+}
