@@ -1,7 +1,9 @@
 //! The projector role: folds events into the read model (`jobs`), appends them to the event log,
 //! and writes a completed job's assets to object storage.
 //!
-//! [`apply`] is the step, used by the consumer loop and by replay alike; [`run`] is the loop.
+//! [`apply`] is the step, used by the consumer loop and by `events import`; [`run`] is the loop.
+//! [`render_assets`] and [`sync_assets`] are shared with `replay`, so that a rebuilt asset has
+//! the very bytes the projector wrote.
 //! Idempotency: an event whose message id is already in the log is skipped inside the same
 //! transaction that would have applied it, so redeliveries and competing projectors change
 //! nothing. Ordering: the fold in `domain::job` converges whatever order events arrive in.
@@ -9,9 +11,9 @@
 use crate::adapters::broker::{self, BrokerError, Topology};
 use crate::adapters::db::{self, DbError};
 use crate::adapters::storage::{self, StorageError};
-use crate::domain::ids::asset_storage_key;
+use crate::domain::ids::{asset_storage_key, AssetId};
 use crate::domain::job::{fold, JobView};
-use crate::domain::messages::{DecodeError, Event, EventRecord, RawEnvelope};
+use crate::domain::messages::{Completed, DecodeError, Event, EventRecord, RawEnvelope};
 use crate::domain::stages::deliverable::{render_csv, render_json};
 use deadpool_postgres::Pool;
 use futures::StreamExt;
@@ -59,34 +61,67 @@ pub enum Applied {
     Orphan,
 }
 
-/// Writes the deliverable of the completion that won the fold. Same event, same bytes: a
-/// redelivery overwrites an object with identical content.
-async fn store_assets(
+/// One asset of a completed job, rendered: where it goes, its bytes, and its index row.
+pub struct RenderedAsset {
+    pub asset_id: AssetId,
+    pub bytes: Vec<u8>,
+    pub row: db::jobs::AssetRow,
+}
+
+/// Renders the assets the view's result lists from the completion that won the fold. Pure and
+/// deterministic: same event, same bytes, which is what lets replay reproduce every download.
+pub fn render_assets(view: &JobView, done: &Completed) -> Vec<RenderedAsset> {
+    let Some(result) = &view.result else {
+        return Vec::new();
+    };
+    result
+        .assets
+        .iter()
+        .map(|asset| {
+            let bytes = match asset.mime_type.as_str() {
+                "text/csv" => render_csv(&done.contacts),
+                _ => render_json(&done.contacts),
+            };
+            let row = db::jobs::AssetRow {
+                storage_key: asset_storage_key(&view.tenant, view.job_id, &asset.asset_id),
+                mime_type: asset.mime_type.clone(),
+                size_bytes: bytes.len() as i64,
+                sha256: hex::encode(Sha256::digest(&bytes)),
+            };
+            RenderedAsset {
+                asset_id: asset.asset_id.clone(),
+                bytes,
+                row,
+            }
+        })
+        .collect()
+}
+
+/// Writes rendered assets to object storage. A rewrite puts identical bytes.
+pub async fn put_assets(storage: &Operator, assets: &[RenderedAsset]) -> Result<(), StorageError> {
+    for a in assets {
+        storage::put(storage, &a.row.storage_key, a.bytes.clone()).await?;
+    }
+    Ok(())
+}
+
+/// Makes the asset index of a job match the outcome that won its fold: the completion's assets,
+/// or none when a failure or cancellation won (an earlier failure can overtake a completion
+/// that was already indexed). Objects go to storage before the index names them.
+pub async fn sync_assets(
     tx: &impl deadpool_postgres::GenericClient,
     storage: &Operator,
     view: &JobView,
-    rec: &EventRecord,
+    winner: &EventRecord,
 ) -> Result<(), ProjectorError> {
-    let Event::Completed(done) = &rec.event else {
+    let Event::Completed(done) = &winner.event else {
+        db::jobs::delete_assets(tx, view.job_id).await?;
         return Ok(());
     };
-    let Some(result) = &view.result else {
-        return Ok(());
-    };
-    for asset in &result.assets {
-        let bytes = match asset.mime_type.as_str() {
-            "text/csv" => render_csv(&done.contacts),
-            _ => render_json(&done.contacts),
-        };
-        let key = asset_storage_key(&view.tenant, view.job_id, &asset.asset_id);
-        let row = db::jobs::AssetRow {
-            storage_key: key.clone(),
-            mime_type: asset.mime_type.clone(),
-            size_bytes: bytes.len() as i64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
-        };
-        storage::put(storage, &key, bytes).await?;
-        db::jobs::upsert_asset(tx, &view.tenant, view.job_id, &asset.asset_id, &row).await?;
+    let assets = render_assets(view, done);
+    put_assets(storage, &assets).await?;
+    for a in &assets {
+        db::jobs::upsert_asset(tx, &view.tenant, view.job_id, &a.asset_id, &a.row).await?;
     }
     Ok(())
 }
@@ -108,7 +143,7 @@ pub async fn apply(
         Some(mut view) => {
             if view.apply(&rec) {
                 if view.terminal_at == Some((rec.position, rec.message_id)) {
-                    store_assets(&tx, storage, &view, &rec).await?;
+                    sync_assets(&tx, storage, &view, &rec).await?;
                 }
                 db::jobs::save_view(&tx, &view).await?;
                 Applied::Changed
@@ -126,13 +161,8 @@ pub async fn apply(
                 .collect::<Result<Vec<_>, _>>()?;
             match fold(&records) {
                 Some(view) => {
-                    if let Some((pos, id)) = view.terminal_at {
-                        if let Some(winner) = records
-                            .iter()
-                            .find(|r| r.position == pos && r.message_id == id)
-                        {
-                            store_assets(&tx, storage, &view, winner).await?;
-                        }
+                    if let Some(winner) = winner(&view, &records) {
+                        sync_assets(&tx, storage, &view, winner).await?;
                     }
                     db::jobs::insert_view(&tx, &view).await?;
                     Applied::Changed
@@ -144,6 +174,14 @@ pub async fn apply(
     };
     tx.commit().await?;
     Ok(applied)
+}
+
+/// The terminal event that decided a folded view, if it has an outcome.
+pub fn winner<'a>(view: &JobView, records: &'a [EventRecord]) -> Option<&'a EventRecord> {
+    let (pos, id) = view.terminal_at?;
+    records
+        .iter()
+        .find(|r| r.position == pos && r.message_id == id)
 }
 
 #[derive(Clone)]

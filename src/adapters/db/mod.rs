@@ -1,7 +1,9 @@
 //! Postgres: the connection pool, database creation, migrations, and the queries of the read
-//! model, event log, outbox, API keys and directory (one submodule each).
+//! model, event log, outbox, API keys and directory (one submodule each; `events` holds the
+//! event store's maintenance: export, rebuild into the shadow table, compaction).
 
 pub mod directory;
+pub mod events;
 pub mod jobs;
 pub mod keys;
 
@@ -116,7 +118,7 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
 }
 
 /// The migrations, in order. Embedded so the binary carries its own schema.
-pub const MIGRATIONS: [(&str, &str); 2] = [
+pub const MIGRATIONS: [(&str, &str); 3] = [
     (
         "0001_init",
         include_str!("../../../migrations/0001_init.sql"),
@@ -124,6 +126,10 @@ pub const MIGRATIONS: [(&str, &str); 2] = [
     (
         "0002_directory",
         include_str!("../../../migrations/0002_directory.sql"),
+    ),
+    (
+        "0003_replay",
+        include_str!("../../../migrations/0003_replay.sql"),
     ),
 ];
 
