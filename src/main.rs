@@ -261,8 +261,13 @@ async fn main() -> anyhow::Result<()> {
             let pool = app::connect_db(&config)?;
             let store = storage::operator(&config.assets_location())?;
             let show = std::io::stderr().is_terminal();
-            let name = file.display().to_string();
-            let report = if name == "-" {
+            let stdin = file.as_os_str() == "-";
+            let name = if stdin {
+                "stdin".to_owned()
+            } else {
+                file.display().to_string()
+            };
+            let report = if stdin {
                 bdjobs::event_log::import(&pool, &store, std::io::stdin().lock(), "stdin", show)
                     .await
             } else {
