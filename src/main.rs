@@ -2,9 +2,11 @@
 
 use anyhow::Context;
 use bdjobs::adapters::db;
+use bdjobs::adapters::db::events::Scope;
+use bdjobs::adapters::storage;
 use bdjobs::app;
 use bdjobs::config::{self, Config, ConfigError, ConfigFile, LogFormat};
-use bdjobs::domain::ids::TenantId;
+use bdjobs::domain::ids::{JobId, TenantId};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -67,6 +69,72 @@ enum Command {
     /// Print the effective configuration, each setting with its source (flag, env, file or
     /// default); passwords and secrets are masked.
     Config,
+    /// Rebuild the read model (job views, asset index and asset files) from the event log.
+    #[command(
+        long_about = "Rebuild the read model from the event log: every job's view, its asset index \
+and its asset files, so that afterwards every API answer is what folding the log gives. Safe while \
+projectors run: views are built into a shadow table, then events that arrived meanwhile are folded \
+in and the result is swapped in under a short lock. Without options, replays every job."
+    )]
+    Replay {
+        /// Only this tenant's jobs.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this job (its UUID).
+        #[arg(long)]
+        job: Option<uuid::Uuid>,
+    },
+    /// Export, import or compact the event log.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Write events as JSON Lines to stdout, one envelope per line, in the order they were recorded.
+    Export {
+        /// Only this tenant's events.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this job's events (its UUID).
+        #[arg(long)]
+        job: Option<uuid::Uuid>,
+    },
+    /// Feed a recorded JSON Lines stream through the projector (importing twice changes nothing).
+    #[command(
+        long_about = "Feed a recorded stream (one event envelope per line, as `events export` writes) \
+through the projector: each event is logged once by message id and folded into its job's view, and \
+completed jobs get their assets. Importing the same file twice changes nothing; lines that are not \
+readable events are reported with their line numbers and skipped."
+    )]
+    Import {
+        /// The .jsonl file, or - for stdin.
+        file: PathBuf,
+    },
+    /// Delete old progress events of finished jobs, keeping what replay needs.
+    #[command(
+        long_about = "Delete the job.progress events of finished (completed, failed or cancelled) jobs \
+that occurred longer ago than --older-than, except the few that decide the job's view (its highest \
+percentage, latest message and last update). Replay after compaction gives the same answers."
+    )]
+    Compact {
+        /// Age beyond which progress events may go: e.g. 30s, 15m, 12h, 7d, 2w.
+        #[arg(long, env = "BDJOBS_PROGRESS_RETENTION", default_value = "7d", value_parser = parse_age)]
+        older_than: std::time::Duration,
+    },
+}
+
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    bdjobs::event_log::parse_age(s)
+}
+
+fn scope(tenant: Option<String>, job: Option<uuid::Uuid>) -> anyhow::Result<Scope> {
+    Ok(Scope {
+        tenant: tenant.as_deref().map(TenantId::parse).transpose()?,
+        job: job.map(JobId),
+    })
 }
 
 #[derive(Subcommand)]
@@ -249,6 +317,97 @@ async fn run(loaded: config::Loaded<Cli>) -> anyhow::Result<()> {
                 report.companies,
                 report.people,
                 report.skipped.len()
+            );
+            Ok(())
+        }
+        Command::Replay { tenant, job } => {
+            let scope = scope(tenant, job)?;
+            let pool = app::connect_db(&config)?;
+            let store = storage::operator(&config.assets_location())?;
+            let report =
+                bdjobs::replay::replay(&pool, &store, scope, std::io::stderr().is_terminal())
+                    .await
+                    .context("replay failed; the read model is unchanged")?;
+            let s = &report.swapped;
+            println!(
+                "replayed {} job(s) ({} caught up during the rebuild): {} view(s) changed, \
+{} removed; {} asset(s) changed, {} removed",
+                report.jobs,
+                report.caught_up,
+                s.views_changed,
+                s.views_removed,
+                s.assets_changed,
+                s.assets_removed
+            );
+            Ok(())
+        }
+        Command::Events {
+            command: EventsCommand::Export { tenant, job },
+        } => {
+            let scope = scope(tenant, job)?;
+            let pool = app::connect_db(&config)?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let n =
+                bdjobs::event_log::export(&pool, &scope, &mut out, std::io::stderr().is_terminal())
+                    .await
+                    .context("export failed")?;
+            eprintln!("exported {n} event(s)");
+            Ok(())
+        }
+        Command::Events {
+            command: EventsCommand::Import { file },
+        } => {
+            let pool = app::connect_db(&config)?;
+            let store = storage::operator(&config.assets_location())?;
+            let show = std::io::stderr().is_terminal();
+            let stdin = file.as_os_str() == "-";
+            let name = if stdin {
+                "stdin".to_owned()
+            } else {
+                file.display().to_string()
+            };
+            let report = if stdin {
+                bdjobs::event_log::import(&pool, &store, std::io::stdin().lock(), "stdin", show)
+                    .await
+            } else {
+                let f =
+                    std::fs::File::open(&file).with_context(|| format!("cannot open {name}"))?;
+                bdjobs::event_log::import(&pool, &store, std::io::BufReader::new(f), &name, show)
+                    .await
+            }
+            .with_context(|| format!("import of {name} failed"))?;
+            for (line, reason) in &report.skipped {
+                eprintln!("{name}:{line}: skipped: {reason}");
+            }
+            println!(
+                "imported {} event(s): {} changed a view, {} already reflected, {} awaiting \
+job.created, {} duplicate(s); skipped {} line(s)",
+                report.changed + report.unchanged + report.orphans,
+                report.changed,
+                report.unchanged,
+                report.orphans,
+                report.duplicates,
+                report.skipped.len()
+            );
+            Ok(())
+        }
+        Command::Events {
+            command: EventsCommand::Compact { older_than },
+        } => {
+            let pool = app::connect_db(&config)?;
+            let age = chrono::Duration::from_std(older_than).context("age out of range")?;
+            let cutoff = chrono::Utc::now()
+                .checked_sub_signed(age)
+                .context("--older-than reaches before the calendar starts")?;
+            let report = bdjobs::event_log::compact(&pool, cutoff, std::io::stderr().is_terminal())
+                .await
+                .context("compaction failed")?;
+            println!(
+                "deleted {} progress event(s) of {} finished job(s) older than {}",
+                report.deleted,
+                report.jobs,
+                cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             );
             Ok(())
         }

@@ -196,6 +196,8 @@ fn running_view() -> JobView {
             stage: Capability::ContactDiscovery,
             percent: 40,
             message: "Discovering contacts at 2 companies...".into(),
+            done: None,
+            total: None,
         }),
     );
     v

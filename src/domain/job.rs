@@ -105,6 +105,11 @@ pub struct JobView {
     pub terminal_at: Option<(Position, MessageId)>,
     pub warning_log: Vec<(Position, String)>,
     pub planning_warnings: Vec<String>,
+    /// The highest progress any event reported (below 100), kept apart from `progress_percent`
+    /// so that the percentage does not depend on whether a completion was seen before an
+    /// earlier failure overtook it. Views stored before this field existed read it as 0.
+    #[serde(default)]
+    pub max_percent: u8,
 }
 
 /// The assets a job publishes, in the order the result lists them.
@@ -162,6 +167,7 @@ impl JobView {
             terminal_at: None,
             warning_log: Vec::new(),
             planning_warnings: c.warnings.clone(),
+            max_percent: 0,
         })
     }
 
@@ -190,7 +196,10 @@ impl JobView {
                     self.status = JobStatus::Running;
                 }
                 // 100 is reserved for a completed job, so that "100%" always means done.
-                self.progress_percent = self.progress_percent.max(p.percent.min(99));
+                self.max_percent = self.max_percent.max(p.percent.min(99));
+                if self.status != JobStatus::Completed {
+                    self.progress_percent = self.max_percent;
+                }
                 self.set_message(key, &p.message);
             }
             Event::Warning(w) => {
@@ -245,11 +254,13 @@ impl JobView {
             }
             Event::Failed(f) => {
                 self.status = JobStatus::Failed;
+                self.progress_percent = self.max_percent;
                 self.progress_message = "Job failed.".to_owned();
                 self.error_message = Some(f.error.clone());
             }
             Event::Cancelled(c) => {
                 self.status = JobStatus::Cancelled;
+                self.progress_percent = self.max_percent;
                 self.progress_message = format!("Job cancelled: {}", c.reason);
                 if let Some(partial) = &c.partial {
                     self.result = Some(ResultView {
@@ -331,6 +342,8 @@ mod tests {
                 stage: Capability::EmailVerify,
                 percent,
                 message: format!("at {percent}"),
+                done: None,
+                total: None,
             }),
         )
     }
@@ -437,6 +450,25 @@ mod tests {
     }
 
     #[test]
+    fn an_earlier_failure_arriving_after_a_completion_takes_over_with_its_own_percent() {
+        let failed = rec(
+            1,
+            4,
+            Event::Failed(Failed {
+                error: "boom".into(),
+                stage: None,
+            }),
+        );
+        let stream = [created(), progress(1, 2, 40), completed(2, 9), failed];
+        let forward = fold(&stream).unwrap();
+        let backward = fold(stream.iter().rev()).unwrap();
+        assert_eq!(forward, backward);
+        assert_eq!(forward.status, JobStatus::Failed);
+        assert_eq!(forward.progress_percent, 40);
+        assert!(forward.result.is_none());
+    }
+
+    #[test]
     fn applying_an_event_twice_changes_nothing_the_second_time() {
         let mut v = JobView::created(&created()).unwrap();
         let p = progress(1, 1, 10);
@@ -463,6 +495,27 @@ mod tests {
                 v.apply(e);
             }
             prop_assert_eq!(v, expected);
+        }
+
+        #[test]
+        fn any_permutation_of_competing_outcomes_folds_to_the_same_view(
+            order in Just((0..8usize).collect::<Vec<_>>()).prop_shuffle(),
+        ) {
+            // Two runs of a duplicated command and a cancellation, all claiming the outcome.
+            let stream = vec![
+                created(),
+                progress(1, 2, 35),
+                completed(2, 9),
+                rec(1, 7, Event::Failed(Failed { error: "boom".into(), stage: None })),
+                progress(2, 3, 70),
+                completed(1, 8),
+                rec(3, 1, Event::Cancelled(Cancelled { reason: "user".into(), partial: None })),
+                rec(1, 1, Event::Started(Started { worker: "a".into() })),
+            ];
+            let expected = fold(&stream).unwrap();
+            prop_assert_eq!(expected.status, JobStatus::Failed);
+            let shuffled: Vec<EventRecord> = order.iter().map(|&i| stream[i].clone()).collect();
+            prop_assert_eq!(fold(&shuffled).unwrap(), expected);
         }
     }
 }

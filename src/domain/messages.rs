@@ -85,16 +85,27 @@ impl RawEnvelope {
         }
     }
 
+    /// Decodes an event of any version this build knows, upcasting older versions to the
+    /// newest shape first, so that the read model (and replay of an old log) only ever sees one
+    /// shape per type.
     pub fn decode_event(&self) -> Result<Event, DecodeError> {
         use Event::*;
-        Ok(match (self.kind.as_str(), self.version) {
-            ("job.created", 1) => Created(self.payload_as()?),
-            ("job.started", 1) => Started(self.payload_as()?),
-            ("job.progress", 1) => Progress(self.payload_as()?),
-            ("job.warning", 1) => Warning(self.payload_as()?),
-            ("job.completed", 1) => Completed(self.payload_as()?),
-            ("job.failed", 1) => Failed(self.payload_as()?),
-            ("job.cancelled", 1) => Cancelled(self.payload_as()?),
+        let upcast;
+        let this = match upcast_event(self) {
+            Some(newer) => {
+                upcast = newer;
+                &upcast
+            }
+            None => self,
+        };
+        Ok(match (this.kind.as_str(), this.version) {
+            ("job.created", 1) => Created(this.payload_as()?),
+            ("job.started", 1) => Started(this.payload_as()?),
+            ("job.progress", 2) => Progress(this.payload_as()?),
+            ("job.warning", 1) => Warning(this.payload_as()?),
+            ("job.completed", 1) => Completed(this.payload_as()?),
+            ("job.failed", 1) => Failed(this.payload_as()?),
+            ("job.cancelled", 1) => Cancelled(this.payload_as()?),
             _ => return Err(self.unknown()),
         })
     }
@@ -104,6 +115,35 @@ impl RawEnvelope {
             kind: self.kind.clone(),
             version: self.version,
         }
+    }
+}
+
+/// Rewrites an event of an older version into the next version's shape, repeatedly, until it
+/// has the newest shape. `None` when the event is already current (or of a type or version
+/// nobody upcasts: decoding then reports it). Upcasters only add what the old version could not
+/// say, as `null`; they never invent values, so an old log folds to exactly the view it folded
+/// to when it was written.
+fn upcast_event(raw: &RawEnvelope) -> Option<RawEnvelope> {
+    let mut current: Option<RawEnvelope> = None;
+    loop {
+        let at = current.as_ref().unwrap_or(raw);
+        let next = match (at.kind.as_str(), at.version) {
+            // v1 → v2: v2 adds the stage's item counts, which v1 never carried.
+            ("job.progress", 1) => {
+                let mut payload = at.payload.clone();
+                if let Some(obj) = payload.as_object_mut() {
+                    obj.entry("done").or_insert(serde_json::Value::Null);
+                    obj.entry("total").or_insert(serde_json::Value::Null);
+                }
+                RawEnvelope {
+                    version: 2,
+                    payload,
+                    ..at.clone()
+                }
+            }
+            _ => return current,
+        };
+        current = Some(next);
     }
 }
 
@@ -186,11 +226,17 @@ pub struct Started {
     pub worker: String,
 }
 
+/// `job.progress` v2. v1 had only `stage`, `percent` and `message`; v2 adds the stage's item
+/// counts so that a consumer can draw its own progress without parsing the message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     pub stage: Capability,
     pub percent: u8,
     pub message: String,
+    /// Items of the stage done so far, and in all; both null at a stage's start and in events
+    /// upcast from v1.
+    pub done: Option<u64>,
+    pub total: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,6 +290,14 @@ impl Event {
         }
     }
 
+    /// The version producers emit: always the newest this build knows.
+    pub fn version(&self) -> u32 {
+        match self {
+            Event::Progress(_) => 2,
+            _ => 1,
+        }
+    }
+
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
@@ -265,7 +319,7 @@ impl Event {
     }
 
     pub fn into_envelope(self, job: &JobRef, at: Position, now: DateTime<Utc>) -> RawEnvelope {
-        envelope(job, self.kind(), 1, at, now, self.payload())
+        envelope(job, self.kind(), self.version(), at, now, self.payload())
     }
 }
 
@@ -333,6 +387,55 @@ mod tests {
             err.to_string().contains("\"job.started\" version 9"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn progress_is_emitted_as_v2() {
+        let raw = Event::Progress(Progress {
+            stage: Capability::EmailVerify,
+            percent: 40,
+            message: "Verifying emails (4/10)...".into(),
+            done: Some(4),
+            total: Some(10),
+        })
+        .into_envelope(&job(), Position { attempt: 1, seq: 2 }, Utc::now());
+        assert_eq!(raw.version, 2);
+        assert_eq!(raw.payload["done"], 4);
+        assert!(matches!(
+            raw.decode_event().unwrap(),
+            Event::Progress(Progress {
+                done: Some(4),
+                total: Some(10),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_v1_progress_event_is_upcast_with_unknown_counts() {
+        let mut raw = Event::Started(Started { worker: "w".into() }).into_envelope(
+            &job(),
+            Position { attempt: 1, seq: 2 },
+            Utc::now(),
+        );
+        raw.kind = "job.progress".into();
+        raw.version = 1;
+        raw.payload = serde_json::json!({"stage": "email_verify", "percent": 40, "message": "m"});
+        let Event::Progress(p) = raw.decode_event().unwrap() else {
+            panic!("not a progress event");
+        };
+        assert_eq!(
+            p,
+            Progress {
+                stage: Capability::EmailVerify,
+                percent: 40,
+                message: "m".into(),
+                done: None,
+                total: None,
+            }
+        );
+        // The stored envelope keeps what was recorded: upcasting happens on every read.
+        assert_eq!(raw.version, 1);
     }
 
     #[test]

@@ -8,4 +8,5 @@ pub mod input;
 pub mod job;
 pub mod messages;
 pub mod plan;
+pub mod retention;
 pub mod stages;

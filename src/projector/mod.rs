@@ -1,7 +1,9 @@
 //! The projector role: folds events into the read model (`jobs`), appends them to the event log,
 //! and writes a completed job's assets to object storage.
 //!
-//! [`apply`] is the step, used by the consumer loop and by replay alike; [`run`] is the loop.
+//! [`apply_batch`] is the step, used by the consumer loop and by `events import`; [`run`] is the
+//! loop. [`render_assets`] and [`sync_assets`] are shared with `replay`, so that a rebuilt asset
+//! has the very bytes the projector wrote.
 //! Idempotency: an event whose message id is already in the log is skipped inside the same
 //! transaction that would have applied it, so redeliveries and competing projectors change
 //! nothing. Ordering: the fold in `domain::job` converges whatever order events arrive in.
@@ -9,9 +11,9 @@
 use crate::adapters::broker::{self, BrokerError, Topology};
 use crate::adapters::db::{self, DbError};
 use crate::adapters::storage::{self, StorageError};
-use crate::domain::ids::asset_storage_key;
+use crate::domain::ids::{asset_storage_key, AssetId};
 use crate::domain::job::{fold, JobView};
-use crate::domain::messages::{DecodeError, Event, EventRecord, RawEnvelope};
+use crate::domain::messages::{Completed, DecodeError, Event, EventRecord, RawEnvelope};
 use crate::domain::stages::deliverable::{render_csv, render_json};
 use deadpool_postgres::Pool;
 use futures::{FutureExt, StreamExt};
@@ -60,42 +62,87 @@ pub enum Applied {
     Orphan,
 }
 
-/// Writes the deliverable of the terminal event that won the fold (a completion, or a
-/// cancellation that kept partial results). Same event, same bytes: a
-/// redelivery overwrites an object with identical content.
-async fn store_assets(
+/// The deliverable a terminal event carries: a completion's, or the partial one of a job
+/// cancelled mid-run.
+pub fn deliverable_of(event: &Event) -> Option<&Completed> {
+    match event {
+        Event::Completed(done) => Some(done),
+        Event::Cancelled(c) => c.partial.as_ref(),
+        _ => None,
+    }
+}
+
+/// One asset of a finished job, rendered: where it goes, its bytes, and its index row.
+pub struct RenderedAsset {
+    pub asset_id: AssetId,
+    pub bytes: Vec<u8>,
+    pub row: db::jobs::AssetRow,
+}
+
+/// Renders the assets the view's result lists from the completion that won the fold. Pure and
+/// deterministic: same event, same bytes, which is what lets replay reproduce every download.
+pub fn render_assets(view: &JobView, done: &Completed) -> Vec<RenderedAsset> {
+    let Some(result) = &view.result else {
+        return Vec::new();
+    };
+    result
+        .assets
+        .iter()
+        .map(|asset| {
+            let bytes = match asset.mime_type.as_str() {
+                "text/csv" => render_csv(&done.contacts),
+                _ => render_json(&done.contacts),
+            };
+            let row = db::jobs::AssetRow {
+                storage_key: asset_storage_key(&view.tenant, view.job_id, &asset.asset_id),
+                mime_type: asset.mime_type.clone(),
+                size_bytes: bytes.len() as i64,
+                sha256: hex::encode(Sha256::digest(&bytes)),
+            };
+            RenderedAsset {
+                asset_id: asset.asset_id.clone(),
+                bytes,
+                row,
+            }
+        })
+        .collect()
+}
+
+/// Writes rendered assets to object storage. A rewrite puts identical bytes.
+pub async fn put_assets(storage: &Operator, assets: &[RenderedAsset]) -> Result<(), StorageError> {
+    for a in assets {
+        storage::put(storage, &a.row.storage_key, a.bytes.clone()).await?;
+    }
+    Ok(())
+}
+
+/// Makes the asset index of a job match the outcome that won its fold: the completion's assets,
+/// or none when a failure or cancellation won (an earlier failure can overtake a completion
+/// that was already indexed). Objects go to storage before the index names them.
+pub async fn sync_assets(
     tx: &impl deadpool_postgres::GenericClient,
     storage: &Operator,
     view: &JobView,
-    rec: &EventRecord,
+    winner: &EventRecord,
 ) -> Result<(), ProjectorError> {
-    let done = match &rec.event {
-        Event::Completed(done) => done,
-        Event::Cancelled(c) => match &c.partial {
-            Some(partial) => partial,
-            None => return Ok(()),
-        },
-        _ => return Ok(()),
-    };
-    let Some(result) = &view.result else {
+    let Some(done) = deliverable_of(&winner.event) else {
+        db::jobs::delete_assets(tx, view.job_id).await?;
         return Ok(());
     };
-    for asset in &result.assets {
-        let bytes = match asset.mime_type.as_str() {
-            "text/csv" => render_csv(&done.contacts),
-            _ => render_json(&done.contacts),
-        };
-        let key = asset_storage_key(&view.tenant, view.job_id, &asset.asset_id);
-        let row = db::jobs::AssetRow {
-            storage_key: key.clone(),
-            mime_type: asset.mime_type.clone(),
-            size_bytes: bytes.len() as i64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
-        };
-        storage::put(storage, &key, bytes).await?;
-        db::jobs::upsert_asset(tx, &view.tenant, view.job_id, &asset.asset_id, &row).await?;
+    let assets = render_assets(view, done);
+    put_assets(storage, &assets).await?;
+    for a in &assets {
+        db::jobs::upsert_asset(tx, &view.tenant, view.job_id, &a.asset_id, &a.row).await?;
     }
     Ok(())
+}
+
+/// The terminal event that decided a folded view, if it has an outcome.
+pub fn winner<'a>(view: &JobView, records: &'a [EventRecord]) -> Option<&'a EventRecord> {
+    let (pos, id) = view.terminal_at?;
+    records
+        .iter()
+        .find(|r| r.position == pos && r.message_id == id)
 }
 
 /// Appends an event that originates in this process (the API's cancellation, the reaper's
@@ -170,7 +217,10 @@ pub async fn apply_batch(
     let tx = client.transaction().await?;
     // A batch can hold the same message twice (a redelivery next to the original): log it once.
     let mut seen = std::collections::HashSet::new();
-    let unique: Vec<&RawEnvelope> = raws.iter().filter(|r| seen.insert(r.message_id)).collect();
+    let mut unique: Vec<&RawEnvelope> = raws.iter().filter(|r| seen.insert(r.message_id)).collect();
+    // Inserting in one global order keeps two projectors whose batches share events from
+    // deadlocking on each other's uncommitted rows (each waits at the first row they share).
+    unique.sort_by_key(|r| r.message_id);
     let new_ids = db::jobs::insert_events(&tx, &unique).await?;
     let mut results: Vec<Applied> = vec![Applied::Duplicate; raws.len()];
     let mut fresh: Vec<usize> = Vec::new();
@@ -217,13 +267,8 @@ pub async fn apply_batch(
         if view.terminal_at == before[id] {
             continue;
         }
-        if let Some((pos, msg)) = view.terminal_at {
-            if let Some(winner) = records
-                .iter()
-                .find(|r| r.position == pos && r.message_id == msg)
-            {
-                store_assets(&tx, storage, view, winner).await?;
-            }
+        if let Some(winner) = winner(view, &records) {
+            sync_assets(&tx, storage, view, winner).await?;
         }
     }
     let to_save: Vec<&JobView> = changed.iter().map(|id| &views[id]).collect();
@@ -242,13 +287,8 @@ pub async fn apply_batch(
             .collect::<Result<Vec<_>, _>>()?;
         match fold(&logged) {
             Some(view) => {
-                if let Some((pos, id)) = view.terminal_at {
-                    if let Some(winner) = logged
-                        .iter()
-                        .find(|r| r.position == pos && r.message_id == id)
-                    {
-                        store_assets(&tx, storage, &view, winner).await?;
-                    }
+                if let Some(winner) = winner(&view, &logged) {
+                    sync_assets(&tx, storage, &view, winner).await?;
                 }
                 db::jobs::insert_view(&tx, &view).await?;
                 views.insert(job, view);

@@ -166,18 +166,25 @@ impl<'a> Reporter<'a> {
         (p.floor() as u8).min(99)
     }
 
-    async fn progress(&mut self, fraction: f64, message: String) -> Result<(), BrokerError> {
+    async fn progress(
+        &mut self,
+        fraction: f64,
+        message: String,
+        items: Option<(usize, usize)>,
+    ) -> Result<(), BrokerError> {
         let percent = self.percent(fraction);
         self.emit(Event::Progress(Progress {
             stage: self.stage,
             percent,
             message,
+            done: items.map(|(done, _)| done as u64),
+            total: items.map(|(_, total)| total as u64),
         }))
         .await
     }
 
     pub async fn stage(&mut self, message: String) -> Result<(), BrokerError> {
-        self.progress(0.0, message).await
+        self.progress(0.0, message, None).await
     }
 
     /// Reports item `done` of `total`, about ten times per stage rather than once per item.
@@ -189,6 +196,7 @@ impl<'a> Reporter<'a> {
         self.progress(
             done as f64 / total.max(1) as f64,
             format!("{what} ({done}/{total})..."),
+            Some((done, total)),
         )
         .await
     }

@@ -202,6 +202,7 @@ pub async fn status(pool: &Pool, job: JobId) -> Result<Option<JobStatus>, DbErro
     Ok(row.and_then(|r| JobStatus::parse(r.get::<_, &str>(0))))
 }
 
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AssetRow {
     pub storage_key: String,
     pub mime_type: String,
@@ -234,6 +235,13 @@ pub async fn upsert_asset(
     )
     .await?;
     Ok(())
+}
+
+/// Removes a job's asset index (its objects stay in storage, unreachable through the API).
+pub async fn delete_assets(tx: &impl GenericClient, job: JobId) -> Result<u64, DbError> {
+    Ok(tx
+        .execute("DELETE FROM assets WHERE job_id = $1", &[&job.0])
+        .await?)
 }
 
 /// One asset of one of the tenant's jobs. `None` for another tenant's, exactly as for a missing one.

@@ -1,7 +1,9 @@
 //! Postgres: the connection pool, database creation, migrations, and the queries of the read
-//! model, event log, outbox, API keys and directory (one submodule each).
+//! model, event log, outbox, API keys and directory (one submodule each; `events` holds the
+//! event store's maintenance: export, rebuild into the shadow table, compaction).
 
 pub mod directory;
+pub mod events;
 pub mod jobs;
 pub mod keys;
 
@@ -116,7 +118,7 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
 }
 
 /// The migrations, in order. Embedded so the binary carries its own schema.
-pub const MIGRATIONS: [(&str, &str); 4] = [
+pub const MIGRATIONS: [(&str, &str); 5] = [
     (
         "0001_init",
         include_str!("../../../migrations/0001_init.sql"),
@@ -132,6 +134,10 @@ pub const MIGRATIONS: [(&str, &str); 4] = [
     (
         "0004_outbox_correlation",
         include_str!("../../../migrations/0004_outbox_correlation.sql"),
+    ),
+    (
+        "0005_replay",
+        include_str!("../../../migrations/0005_replay.sql"),
     ),
 ];
 
