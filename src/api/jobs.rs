@@ -383,6 +383,7 @@ pub async fn cancel_job(
     let id = parse_job_id(&job_id)?;
     let mut client = state.pool.get().await.map_err(db::DbError::from)?;
     let tx = client.transaction().await?;
+    db::jobs::lock_events_for_append(&tx).await?;
     let mut view = db::jobs::lock_tenant_view(&tx, &caller.0, id)
         .await?
         .ok_or(ApiError::NotFound("job not found"))?;

@@ -165,6 +165,7 @@ pub async fn append_and_fold(
 pub async fn reap_stuck(pool: &Pool, idle_secs: f64) -> Result<usize, ProjectorError> {
     let mut client = pool.get().await.map_err(DbError::from)?;
     let tx = client.transaction().await?;
+    db::jobs::lock_events_for_append(&tx).await?;
     let stale = db::jobs::lock_stale_jobs(&tx, idle_secs, 100).await?;
     let n = stale.len();
     for mut view in stale {

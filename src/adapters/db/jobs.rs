@@ -395,3 +395,12 @@ pub async fn save_views(tx: &impl GenericClient, views: &[&JobView]) -> Result<(
         .await?;
     Ok(())
 }
+
+/// Takes, up front, the lock an event insert takes anyway. A transaction that locks a job row
+/// and then appends an event calls it first, so that it acquires locks in the same order as
+/// replay's swap (events, then jobs) and the two can never deadlock.
+pub async fn lock_events_for_append(tx: &impl GenericClient) -> Result<(), DbError> {
+    tx.batch_execute("LOCK TABLE events IN ROW EXCLUSIVE MODE")
+        .await?;
+    Ok(())
+}
