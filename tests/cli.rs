@@ -269,3 +269,137 @@ fn logs_are_human_readable_text_by_default() {
     }
     assert!(logs.contains("database is up to date"), "{logs}");
 }
+
+/// A database of its own for one CLI test, dropped at the end.
+struct Db(String);
+
+impl Db {
+    fn new(tag: &str) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Db(format!("{PG}/bdjobs_t_{tag}_{}", &id[..12]))
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let url = self.0.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(bdjobs::adapters::db::drop_database(&url))
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+    }
+}
+
+#[test]
+fn keys_create_prints_the_key_once_as_the_last_line_and_stores_only_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::new("keys");
+    let env = [("DATABASE_URL", db.0.as_str())];
+    assert!(bdjobs(dir.path(), &env, &["migrate"]).status.success());
+    let out = bdjobs(dir.path(), &env, &["keys", "create", "--tenant", "acme"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let key = text.lines().last().unwrap();
+    assert!(key.starts_with("dc_") && key.len() >= 3 + 32, "{key}");
+    assert!(
+        !stderr(&out).contains(key),
+        "the key is printed once, on stdout"
+    );
+    let bad = bdjobs(
+        dir.path(),
+        &env,
+        &["keys", "create", "--tenant", "Not Valid"],
+    );
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("tenant"), "{}", stderr(&bad));
+    // The database holds a hash, never the key.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stored: Vec<u8> = rt.block_on(async {
+        let pool = bdjobs::adapters::db::pool(&db.0, 1).unwrap();
+        let client = pool.get().await.unwrap();
+        let row = client
+            .query_one("SELECT key_hash FROM api_keys", &[])
+            .await
+            .unwrap();
+        row.get(0)
+    });
+    assert_eq!(stored, bdjobs::adapters::db::keys::hash_key(key));
+}
+
+#[test]
+fn directory_import_reports_bad_lines_and_importing_twice_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::new("import");
+    let env = [("DATABASE_URL", db.0.as_str())];
+    assert!(bdjobs(dir.path(), &env, &["migrate"]).status.success());
+    let file = dir.path().join("people.csv");
+    std::fs::write(
+        &file,
+        "type,domain,name,company_domain,first_name,last_name,email,seniority\n\
+         company,acme.example,Acme,,,,,\n\
+         person,,,acme.example,Ada,Lovelace,ada@acme.example,vp\n\
+         person,,,acme.example,NoLast,,x@acme.example,\n\
+         person,,,acme.example,Bad,Mail,not-an-email,\n\
+         robot,,,,,,,\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let first = bdjobs(dir.path(), &env, &["directory", "import", path]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains("imported 1 companies and 1 people; skipped 3"),
+        "{}",
+        stdout(&first)
+    );
+    let err = stderr(&first);
+    for line in [":4: skipped", ":5: skipped", ":6: skipped"] {
+        assert!(err.contains(line), "{line} missing from:\n{err}");
+    }
+    let again = bdjobs(dir.path(), &env, &["directory", "import", path]);
+    assert!(stdout(&again).contains("imported 1 companies and 1 people"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (companies, people) = rt.block_on(async {
+        let pool = bdjobs::adapters::db::pool(&db.0, 1).unwrap();
+        bdjobs::adapters::db::directory::counts(&pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!((companies, people), (1, 1), "upserts, not duplicates");
+
+    let missing = bdjobs(dir.path(), &env, &["directory", "import", "nope.jsonl"]);
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("nope.jsonl"));
+}
+
+#[test]
+fn every_command_explains_itself_with_help() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["--help"],
+        vec!["demo", "--help"],
+        vec!["all", "--help"],
+        vec!["api", "--help"],
+        vec!["worker", "--help"],
+        vec!["projector", "--help"],
+        vec!["migrate", "--help"],
+        vec!["keys", "create", "--help"],
+        vec!["directory", "import", "--help"],
+        vec!["dlq", "redrive", "--help"],
+        vec!["replay", "--help"],
+        vec!["events", "export", "--help"],
+    ] {
+        let out = bdjobs(dir.path(), &[], &args);
+        assert!(out.status.success(), "{args:?}");
+        let text = stdout(&out);
+        assert!(
+            text.contains("Usage:") && text.lines().count() > 3,
+            "{args:?}:\n{text}"
+        );
+    }
+}
