@@ -277,14 +277,37 @@ impl Publisher {
     }
 
     pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), BrokerError> {
-        let result = self.publish_once(&msg).await;
+        let result = match self.send(&msg).await {
+            Ok(confirm) => settle(confirm, self.confirm_timeout, msg.routing_key.to_owned()).await,
+            Err(e) => Err(e),
+        };
         if matches!(&result, Err(e) if e.is_retryable()) {
             self.reset().await;
         }
         result
     }
 
-    async fn publish_once(&self, msg: &Outgoing<'_>) -> Result<(), BrokerError> {
+    /// Publishes without waiting for the broker's confirm; the returned future waits for it.
+    /// Lets a producer put several messages in flight and settle them together, while still
+    /// counting none as sent until its confirm arrives. (A broken channel is noticed, and
+    /// replaced, by the next publish.)
+    pub async fn publish_deferred(&self, msg: Outgoing<'_>) -> Result<Confirm, BrokerError> {
+        match self.send(&msg).await {
+            Ok(confirm) => Ok(Box::pin(settle(
+                confirm,
+                self.confirm_timeout,
+                msg.routing_key.to_owned(),
+            ))),
+            Err(e) => {
+                if e.is_retryable() {
+                    self.reset().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn send(&self, msg: &Outgoing<'_>) -> Result<lapin::PublisherConfirm, BrokerError> {
         let ch = self.channel().await?;
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
@@ -299,7 +322,7 @@ impl Publisher {
             );
             props = props.with_headers(headers);
         }
-        let confirm = ch
+        Ok(ch
             .basic_publish(
                 msg.exchange.to_owned().into(),
                 msg.routing_key.to_owned().into(),
@@ -310,19 +333,30 @@ impl Publisher {
                 msg.body,
                 props,
             )
-            .await?;
-        let confirmation = tokio::time::timeout(self.confirm_timeout, confirm)
-            .await
-            .map_err(|_| BrokerError::ConfirmTimeout(self.confirm_timeout))??;
-        match confirmation {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(msg.routing_key.to_owned())),
-            Confirmation::Nack(_) => Err(BrokerError::Nacked(msg.routing_key.to_owned())),
-        }
+            .await?)
     }
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+}
+
+/// The broker's confirm of one publish, still to come.
+pub type Confirm =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BrokerError>> + Send>>;
+
+async fn settle(
+    confirm: lapin::PublisherConfirm,
+    timeout: Duration,
+    routing_key: String,
+) -> Result<(), BrokerError> {
+    let confirmation = tokio::time::timeout(timeout, confirm)
+        .await
+        .map_err(|_| BrokerError::ConfirmTimeout(timeout))??;
+    match confirmation {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(routing_key)),
+        Confirmation::Nack(_) => Err(BrokerError::Nacked(routing_key)),
     }
 }
 

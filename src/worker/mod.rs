@@ -7,7 +7,7 @@
 pub mod pipeline;
 pub mod sources;
 
-use crate::adapters::broker::{self, BrokerError, Outgoing, Publisher, Topology};
+use crate::adapters::broker::{self, BrokerError, Confirm, Outgoing, Publisher, Topology};
 use crate::adapters::db::{self, DbError};
 use crate::domain::ids::JobId;
 use crate::domain::messages::{
@@ -62,6 +62,17 @@ pub trait EventSink: Send + Sync {
         let _ = correlation_id;
         self.emit(event).await
     }
+
+    /// Sends an event and returns its confirm still to come, so that a run can keep several in
+    /// flight. Sinks that deliver synchronously are done at once.
+    async fn emit_deferred(
+        &self,
+        event: RawEnvelope,
+        correlation_id: Option<&str>,
+    ) -> Result<Confirm, BrokerError> {
+        self.emit_correlated(event, correlation_id).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
 }
 
 /// Publishes events to `NS.events` with the event type as routing key.
@@ -78,10 +89,18 @@ impl EventSink for BrokerSink {
         event: RawEnvelope,
         correlation_id: Option<&str>,
     ) -> Result<(), BrokerError> {
+        self.emit_deferred(event, correlation_id).await?.await
+    }
+
+    async fn emit_deferred(
+        &self,
+        event: RawEnvelope,
+        correlation_id: Option<&str>,
+    ) -> Result<Confirm, BrokerError> {
         let body = serde_json::to_vec(&event).expect("envelopes serialise");
         let exchange = self.0.topology().events_exchange();
         self.0
-            .publish(Outgoing {
+            .publish_deferred(Outgoing {
                 exchange: &exchange,
                 routing_key: &event.kind,
                 message_id: &event.message_id.to_string(),
@@ -106,6 +125,16 @@ impl EventSink for Correlated<'_> {
             .emit_correlated(event, self.correlation_id.as_deref())
             .await
     }
+
+    async fn emit_deferred(
+        &self,
+        event: RawEnvelope,
+        _: Option<&str>,
+    ) -> Result<Confirm, BrokerError> {
+        self.sink
+            .emit_deferred(event, self.correlation_id.as_deref())
+            .await
+    }
 }
 
 /// Collects events in memory.
@@ -126,6 +155,8 @@ pub struct Reporter<'a> {
     attempt: u32,
     seq: u64,
     sink: &'a dyn EventSink,
+    /// Confirms of events sent but not yet settled.
+    pending: Vec<Confirm>,
     stage: Capability,
     index: usize,
     stages: usize,
@@ -138,6 +169,7 @@ impl<'a> Reporter<'a> {
             attempt,
             seq: 0,
             sink,
+            pending: Vec::new(),
             stage: Capability::DeliverableFinalize,
             index: 0,
             stages: 1,
@@ -150,9 +182,19 @@ impl<'a> Reporter<'a> {
             attempt: self.attempt,
             seq: self.seq,
         };
-        self.sink
-            .emit(event.into_envelope(&self.job, at, Utc::now()))
-            .await
+        let confirm = self
+            .sink
+            .emit_deferred(event.into_envelope(&self.job, at, Utc::now()), None)
+            .await?;
+        self.pending.push(confirm);
+        Ok(())
+    }
+
+    /// Waits for the broker to confirm every event sent so far. A run's command is acknowledged
+    /// only after this succeeds for its terminal event.
+    pub async fn settle(&mut self) -> Result<(), BrokerError> {
+        futures::future::try_join_all(self.pending.drain(..)).await?;
+        Ok(())
     }
 
     fn enter(&mut self, stage: Capability, index: usize, stages: usize) {
@@ -247,6 +289,7 @@ pub async fn process_one(
             stage: None,
         }))
         .await?;
+        r.settle().await?;
         return Ok(Outcome::Failed);
     }
     r.emit(Event::Started(Started {
@@ -261,6 +304,7 @@ pub async fn process_one(
     let failure = match run_result {
         Ok(Ok(Ending::Completed(done))) => {
             r.emit(Event::Completed(done)).await?;
+            r.settle().await?;
             return Ok(Outcome::Completed);
         }
         Ok(Ok(Ending::Cancelled(partial))) => {
@@ -269,6 +313,7 @@ pub async fn process_one(
                 partial: Some(partial),
             }))
             .await?;
+            r.settle().await?;
             return Ok(Outcome::Cancelled);
         }
         Ok(Err(e)) if e.is_retryable() && (attempt as i64) < broker::DELIVERY_LIMIT => {
@@ -287,6 +332,7 @@ pub async fn process_one(
         stage,
     }))
     .await?;
+    r.settle().await?;
     Ok(Outcome::Failed)
 }
 
