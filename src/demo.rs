@@ -125,14 +125,12 @@ async fn submit_and_wait(
     );
     let started = Instant::now();
     loop {
-        let job: serde_json::Value = http
-            .get(format!("{base}/api/v1/bd/jobs/{job_id}"))
-            .bearer_auth(&key.secret)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let job = get_json(
+            &http,
+            &key.secret,
+            &format!("{base}/api/v1/bd/jobs/{job_id}"),
+        )
+        .await?;
         bar.set_position(job["progress_percent"].as_u64().unwrap_or(0));
         bar.set_message(
             job["progress_message"]
@@ -161,14 +159,28 @@ async fn submit_and_wait(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let result: serde_json::Value = http
-        .get(format!("{base}/api/v1/bd/jobs/{job_id}/result"))
-        .bearer_auth(&key.secret)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let result = get_json(
+        &http,
+        &key.secret,
+        &format!("{base}/api/v1/bd/jobs/{job_id}/result"),
+    )
+    .await?;
     let id = crate::domain::ids::JobId(job_id.parse()?);
     Ok((result, id, tenant))
+}
+
+async fn get_json(
+    http: &reqwest::Client,
+    key: &str,
+    url: &str,
+) -> anyhow::Result<serde_json::Value> {
+    Ok(http
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await?
+        .error_for_status()
+        .with_context(|| format!("GET {url}"))?
+        .json()
+        .await?)
 }

@@ -8,7 +8,7 @@
 
 use crate::adapters::broker::{self, BrokerError, Outgoing, Publisher, Topology, RUN_JOB_KEY};
 use crate::domain::messages::RawEnvelope;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::AMQPValue;
 
 /// One dead message, as `dlq list` shows it.
@@ -79,14 +79,7 @@ pub async fn list(
     let out = held.iter().map(describe).collect();
     // Holding every message until the end keeps each one from being read twice; releasing them
     // puts them all back.
-    for d in held {
-        d.acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await?;
-    }
+    broker::release(&held).await?;
     let _ = conn.close(200, "done".into()).await;
     Ok(out)
 }
@@ -159,14 +152,7 @@ pub async fn redrive(
         }
         on_each(&info);
     }
-    for d in skipped {
-        d.acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await?;
-    }
+    broker::release(&skipped).await?;
     let _ = conn.close(200, "done".into()).await;
     Ok(done)
 }

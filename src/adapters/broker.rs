@@ -194,6 +194,57 @@ pub async fn consumer_channel(conn: &Connection, prefetch: u16) -> Result<Channe
     Ok(ch)
 }
 
+/// Connects, declares the topology and starts consuming `queue` with at most `prefetch`
+/// unacknowledged deliveries. The connection is returned too: it must outlive the consumer.
+pub async fn start_consuming(
+    url: &str,
+    name: &str,
+    topology: &Topology,
+    queue: &str,
+    prefetch: u16,
+) -> Result<(Connection, Channel, lapin::Consumer), BrokerError> {
+    let conn = connect(url, name).await?;
+    let channel = consumer_channel(&conn, prefetch).await?;
+    topology.declare(&channel).await?;
+    let consumer = channel
+        .basic_consume(
+            queue.to_owned().into(),
+            name.to_owned().into(),
+            lapin::options::BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue, "consuming");
+    Ok((conn, channel, consumer))
+}
+
+/// A consumer stream's next item as a delivery, or the error that ends the session (the
+/// stream ends only when the connection is gone).
+pub fn delivery(
+    next: Option<Result<lapin::message::Delivery, lapin::Error>>,
+) -> Result<lapin::message::Delivery, BrokerError> {
+    match next {
+        Some(Ok(d)) => Ok(d),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(BrokerError::Amqp(lapin::Error::from(
+            lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+        ))),
+    }
+}
+
+/// Returns held deliveries to their queue.
+pub async fn release(deliveries: &[lapin::message::Delivery]) -> Result<(), BrokerError> {
+    for d in deliveries {
+        d.acker
+            .nack(lapin::options::BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// Which attempt a delivery is: quorum queues count earlier deliveries in `x-delivery-count`.
 pub fn attempt_of(props: &BasicProperties) -> u32 {
     let count = props

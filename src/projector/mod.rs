@@ -17,8 +17,7 @@ use crate::domain::messages::{Completed, DecodeError, Event, EventRecord, RawEnv
 use crate::domain::stages::deliverable::{render_csv, render_json};
 use deadpool_postgres::Pool;
 use futures::{FutureExt, StreamExt};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use opendal::Operator;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -397,18 +396,14 @@ async fn consume(
     storage: &Operator,
     shutdown: &CancellationToken,
 ) -> Result<(), BrokerError> {
-    let conn = broker::connect(&config.amqp_url, &config.name).await?;
-    let channel = broker::consumer_channel(&conn, config.prefetch).await?;
-    config.topology.declare(&channel).await?;
-    let mut consumer = channel
-        .basic_consume(
-            config.topology.projector_queue().into(),
-            config.name.clone().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    tracing::info!(queue = %config.topology.projector_queue(), "projector consuming");
+    let (_conn, _channel, mut consumer) = broker::start_consuming(
+        &config.amqp_url,
+        &config.name,
+        &config.topology,
+        &config.topology.projector_queue(),
+        config.prefetch,
+    )
+    .await?;
     let max_batch = usize::from(config.prefetch.max(1));
     loop {
         let first = tokio::select! {
@@ -425,15 +420,7 @@ async fn consume(
         }
         let mut batch = Vec::with_capacity(deliveries.len());
         for d in deliveries {
-            let delivery = match d {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => return Err(e.into()),
-                None => {
-                    return Err(BrokerError::Amqp(lapin::Error::from(
-                        lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
-                    )))
-                }
-            };
+            let delivery = broker::delivery(d)?;
             match RawEnvelope::from_slice(&delivery.data)
                 .and_then(|raw| EventRecord::from_raw(&raw).map(|_| raw))
             {

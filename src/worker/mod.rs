@@ -18,8 +18,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use pipeline::{Ending, Sources};
 use std::sync::Arc;
 use std::time::Duration;
@@ -391,32 +390,23 @@ async fn consume(
     pool: &Pool,
     shutdown: &CancellationToken,
 ) -> Result<(), BrokerError> {
-    let conn = broker::connect(&config.amqp_url, &config.name).await?;
-    let channel = broker::consumer_channel(&conn, config.concurrency).await?;
-    config.topology.declare(&channel).await?;
-    let mut consumer = channel
-        .basic_consume(
-            config.topology.jobs_queue().into(),
-            config.name.clone().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    tracing::info!(queue = %config.topology.jobs_queue(), "worker consuming");
+    let (conn, channel, mut consumer) = broker::start_consuming(
+        &config.amqp_url,
+        &config.name,
+        &config.topology,
+        &config.topology.jobs_queue(),
+        config.concurrency,
+    )
+    .await?;
     let tasks = tokio_util::task::TaskTracker::new();
     let ended = loop {
         let delivery = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             d = consumer.next() => d,
         };
-        let delivery = match delivery {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => break Err(e.into()),
-            None => {
-                break Err(BrokerError::Amqp(lapin::Error::from(
-                    lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
-                )))
-            }
+        let delivery = match broker::delivery(delivery) {
+            Ok(d) => d,
+            Err(e) => break Err(e),
         };
         let sources = sources.clone();
         let sink = sink.clone();
