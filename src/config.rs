@@ -99,11 +99,12 @@ pub struct Config {
     #[arg(long, env = "BDJOBS_SMTP_PORT", default_value_t = 25, global = true)]
     pub smtp_port: u16,
 
-    /// Jobs one worker process runs at once.
+    /// Jobs one worker process runs at once. Jobs mostly wait on DNS, SMTP and the database, so
+    /// this can well exceed the number of cores.
     #[arg(
         long,
         env = "BDJOBS_WORKER_CONCURRENCY",
-        default_value_t = 4,
+        default_value_t = 16,
         global = true
     )]
     pub worker_concurrency: u16,
