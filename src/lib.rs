@@ -4,7 +4,7 @@
 //! - [`adapters`]: Postgres, RabbitMQ, OpenDAL, DNS and SMTP;
 //! - [`worker`], [`projector`], [`api`]: the three roles, each a step plus a loop;
 //! - [`app`]: wiring roles to configuration; [`config`]: the settings;
-//! - [`demo`] and [`import`]: the CLI's longer commands.
+//! - [`demo`], [`import`] and [`watch`]: the CLI's longer commands.
 
 pub mod adapters;
 pub mod api;
@@ -14,4 +14,5 @@ pub mod demo;
 pub mod domain;
 pub mod import;
 pub mod projector;
+pub mod watch;
 pub mod worker;

@@ -1,52 +1,91 @@
-//! The BD jobs endpoints: create, status, result, asset download.
+//! The BD jobs endpoints: create (with `Idempotency-Key`), list, status, result, asset download.
 
 use super::auth::Caller;
 use super::error::ApiError;
+use super::range;
 use super::AppState;
 use crate::adapters::broker::{Outgoing, RUN_JOB_KEY};
 use crate::adapters::db;
 use crate::domain::ids::{AssetId, JobId};
 use crate::domain::input::RawInput;
-use crate::domain::job::{JobView, ResultView};
+use crate::domain::job::{JobStatus, JobView, ResultView};
 use crate::domain::messages::{
     run_job_command, Created, Event, EventRecord, JobRef, Position, RunJob,
 };
 use crate::domain::plan::{plan, planning_warnings, InputShape, Request};
 use crate::domain::stages::{ExecutionOptions, IcpConfig, Summary};
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{FromRequest, Path, Query, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// `Json` whose rejections speak the API's error format: 400 for a body that is not JSON, 422 for
-/// JSON of the wrong shape.
-pub struct ApiJson<T>(pub T);
+/// `Json` whose rejections speak the API's error format: 400 for a body that is not JSON, 413
+/// for one over the size limit, 422 for JSON of the wrong shape. It keeps the SHA-256 of the
+/// body as sent, which an `Idempotency-Key` is bound to.
+pub struct ApiJson<T>(pub T, pub [u8; 32]);
+
+fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
 
 impl<T, S> FromRequest<S> for ApiJson<T>
 where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::Unprocessable(e.body_text())),
-            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::BadRequest(e.body_text())),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadRequest(
+        if !is_json_content_type(req.headers()) {
+            return Err(ApiError::BadRequest(
                 "expected a JSON body with Content-Type: application/json".to_owned(),
-            )),
+            ));
+        }
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(super::MAX_BODY_BYTES);
+        let bytes = match Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::PayloadTooLarge(limit))
+            }
+            Err(e) => return Err(ApiError::BadRequest(e.body_text())),
+        };
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        match axum::Json::<T>::from_bytes(&bytes) {
+            Ok(Json(v)) => Ok(ApiJson(v, hash)),
+            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::Unprocessable(e.body_text())),
             Err(other) => Err(ApiError::BadRequest(other.body_text())),
         }
     }
 }
+
+/// The body limit in force, put in the request's extensions by the router so that a 413 can
+/// say it.
+#[derive(Clone, Copy)]
+pub struct BodyLimit(pub usize);
 
 #[derive(Debug, Deserialize)]
 pub struct CreateJob {
@@ -128,11 +167,59 @@ fn validate(
     Ok((plan, input))
 }
 
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::Unprocessable(
+            "Idempotency-Key: expected 1 to 255 visible ASCII characters".to_owned(),
+        )
+    };
+    let v = v.to_str().map_err(|_| bad())?.trim();
+    if v.is_empty() || v.len() > 255 || !v.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(bad());
+    }
+    Ok(Some(v.to_owned()))
+}
+
+fn accepted(body: serde_json::Value, job_id: Uuid, replayed: bool) -> Response {
+    let location = format!("/api/v1/bd/jobs/{job_id}");
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// A request repeated under a used key: the first answer again, if it is the same request.
+fn replay(stored: db::idempotency::Stored, hash: &[u8]) -> Result<Response, ApiError> {
+    if stored.request_hash != hash {
+        return Err(ApiError::Unprocessable(
+            "this Idempotency-Key was already used with a different request body".to_owned(),
+        ));
+    }
+    Ok(accepted(stored.response, stored.job_id, true))
+}
+
 pub async fn create_job(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateJob>,
+    headers: axum::http::HeaderMap,
+    ApiJson(body, body_hash): ApiJson<CreateJob>,
 ) -> Result<Response, ApiError> {
+    let idem_key = idempotency_key(&headers)?;
+    if let Some(key) = &idem_key {
+        // The common repeat (a client retrying after a lost answer) is answered without planning.
+        if let Some(stored) = db::idempotency::find(&state.pool, &caller.0, key).await? {
+            return replay(stored, &body_hash);
+        }
+    }
     let (plan, input) = validate(&body)?;
     let icp_config = body.icp_config.unwrap_or_default();
     let shape = InputShape {
@@ -167,7 +254,45 @@ pub async fn create_job(
         execution_options: body.execution_options.unwrap_or_default(),
     };
     let command = run_job_command(&job, &run, now);
-    db::jobs::create_job(&state.pool, &created, &view, &command, RUN_JOB_KEY).await?;
+    let out = CreatedBody {
+        job_id: job.job_id,
+        status: "pending",
+        progress_percent: 0,
+        preset: view.preset.map(|p| p.as_str().to_owned()),
+        requested_capabilities: view
+            .requested_capabilities
+            .iter()
+            .map(|c| c.as_str().to_owned())
+            .collect(),
+        warnings,
+        created_at: ts(now),
+    };
+    let out = serde_json::to_value(&out).expect("the created body serialises");
+    match &idem_key {
+        None => db::jobs::create_job(&state.pool, &created, &view, &command, RUN_JOB_KEY).await?,
+        Some(key) => {
+            let idem = db::idempotency::Idempotency {
+                key,
+                request_hash: &body_hash,
+            };
+            match db::idempotency::create_job_once(
+                &state.pool,
+                &caller.0,
+                &idem,
+                &out,
+                &created,
+                &view,
+                &command,
+                RUN_JOB_KEY,
+            )
+            .await?
+            {
+                db::idempotency::Outcome::Created => {}
+                // A concurrent request with the same key won the race.
+                db::idempotency::Outcome::Existing(stored) => return replay(stored, &body_hash),
+            }
+        }
+    }
     tracing::info!(job_id = %job.job_id, "job created");
     // The fast path; if it fails the outbox relay publishes the command a few seconds later.
     let body_bytes = serde_json::to_vec(&command).expect("envelopes serialise");
@@ -192,25 +317,7 @@ pub async fn create_job(
             tracing::warn!(error = %e, job_id = %job.job_id, "publish failed; the outbox relay will retry")
         }
     }
-    let out = CreatedBody {
-        job_id: job.job_id,
-        status: "pending",
-        progress_percent: 0,
-        preset: view.preset.map(|p| p.as_str().to_owned()),
-        requested_capabilities: view
-            .requested_capabilities
-            .iter()
-            .map(|c| c.as_str().to_owned())
-            .collect(),
-        warnings,
-        created_at: ts(now),
-    };
-    let location = format!("/api/v1/bd/jobs/{}", job.job_id);
-    let mut resp = (StatusCode::ACCEPTED, Json(out)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+    Ok(accepted(out, job.job_id.0, false))
 }
 
 pub fn job_json(v: &JobView) -> serde_json::Value {
@@ -292,6 +399,90 @@ pub async fn get_result(
     Ok(Json(result_json(&view)))
 }
 
+/// Default and largest page of `GET /bd/jobs`.
+pub const DEFAULT_PAGE: i64 = 20;
+pub const MAX_PAGE: i64 = 100;
+
+/// A page cursor: 48 lower-case hex digits, the creation time (microseconds since the epoch, 64
+/// bits) and the id of the last job of the previous page. Opaque to clients; any value of that
+/// form is a position (one far outside the calendar is clamped to its end), so a well-formed
+/// cursor is never refused.
+pub fn encode_cursor(c: &db::jobs::ListCursor) -> String {
+    let micros = c.created_at.timestamp_micros();
+    format!("{}{}", hex::encode(micros.to_be_bytes()), c.job_id.simple())
+}
+
+pub fn decode_cursor(s: &str) -> Option<db::jobs::ListCursor> {
+    if s.len() != 48 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let micros = i64::from_be_bytes(hex::decode(&s[..16]).ok()?.try_into().ok()?);
+    // Postgres stores years 4713 BC to 294276 AD; keep to 0001..9999, which orders the same.
+    let min = DateTime::parse_from_rfc3339("0001-01-01T00:00:00Z")
+        .ok()?
+        .timestamp_micros();
+    let max = DateTime::parse_from_rfc3339("9999-12-31T23:59:59Z")
+        .ok()?
+        .timestamp_micros();
+    let created_at = DateTime::from_timestamp_micros(micros.clamp(min, max))?;
+    let job_id = Uuid::parse_str(&s[16..]).ok()?;
+    Some(db::jobs::ListCursor { created_at, job_id })
+}
+
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut limit = DEFAULT_PAGE;
+    let mut status = None;
+    let mut cursor = None;
+    for (name, value) in &params {
+        match name.as_str() {
+            "limit" => {
+                limit = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::Unprocessable(format!(
+                            "limit: expected an integer from 1 to {MAX_PAGE}"
+                        ))
+                    })?
+            }
+            "status" => {
+                status = Some(JobStatus::parse(value).ok_or_else(|| {
+                    ApiError::Unprocessable(
+                        "status: expected one of pending, running, completed, failed, cancelled"
+                            .to_owned(),
+                    )
+                })?)
+            }
+            "cursor" => {
+                cursor = Some(decode_cursor(value).ok_or_else(|| {
+                    ApiError::Unprocessable(
+                        "cursor: not a cursor this API returned (pass next_cursor as it is)"
+                            .to_owned(),
+                    )
+                })?)
+            }
+            // Unknown parameters are ignored, as HTTP APIs customarily do.
+            _ => {}
+        }
+    }
+    let mut rows = db::jobs::list_views(&state.pool, &caller.0, status, cursor, limit + 1).await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|(_, c)| encode_cursor(c))
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "jobs": rows.iter().map(|(v, _)| job_json(v)).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
 fn extension(mime: &str) -> &'static str {
     match mime {
         "text/csv" => "csv",
@@ -300,9 +491,14 @@ fn extension(mime: &str) -> &'static str {
     }
 }
 
+/// Streams an asset from storage, never holding more than OpenDAL's chunk in memory. Answers
+/// HEAD with the headers alone, `If-None-Match` with 304, and one `Range` with 206 (416 when it
+/// selects nothing); see `range` for what is served of other ranges.
 pub async fn get_asset(
     State(state): State<AppState>,
     caller: Caller,
+    method: Method,
+    headers: axum::http::HeaderMap,
     Path((job_id, asset_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let job = parse_job_id(&job_id)?;
@@ -310,22 +506,54 @@ pub async fn get_asset(
     let row = db::jobs::get_asset(&state.pool, &caller.0, job, &asset)
         .await?
         .ok_or(ApiError::NotFound("asset not found"))?;
-    let reader = state
-        .storage
-        .reader(&row.storage_key)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    let stream = reader
-        .into_bytes_stream(..)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    let filename = format!("{}-{}.{}", asset, job, extension(&row.mime_type));
-    let mut resp = Response::new(Body::from_stream(stream));
-    let h = resp.headers_mut();
     let hv = |s: &str| HeaderValue::from_str(s).map_err(|e| ApiError::Internal(e.into()));
+    let header_text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let etag = format!("\"{}\"", row.sha256);
+    let len = row.size_bytes.max(0) as u64;
+
+    if range::none_match(header_text(header::IF_NONE_MATCH), &etag) {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        resp.headers_mut().insert(header::ETAG, hv(&etag)?);
+        return Ok(resp);
+    }
+    let selection = if range::if_range_allows(header_text(header::IF_RANGE), &etag) {
+        range::select(header_text(header::RANGE), len)
+    } else {
+        range::Selection::Full
+    };
+    let (status, start, end) = match selection {
+        range::Selection::Full => (StatusCode::OK, 0, len),
+        range::Selection::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end + 1),
+        range::Selection::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable(len)),
+    };
+    let body = if method == Method::HEAD || start == end {
+        Body::empty()
+    } else {
+        let reader = state
+            .storage
+            .reader(&row.storage_key)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let stream = reader
+            .into_bytes_stream(start..end)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        Body::from_stream(stream)
+    };
+    let filename = format!("{}-{}.{}", asset, job, extension(&row.mime_type));
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, hv(&row.mime_type)?);
-    h.insert(header::CONTENT_LENGTH, hv(&row.size_bytes.to_string())?);
-    h.insert(header::ETAG, hv(&format!("\"{}\"", row.sha256))?);
+    h.insert(header::CONTENT_LENGTH, hv(&(end - start).to_string())?);
+    if status == StatusCode::PARTIAL_CONTENT {
+        h.insert(
+            header::CONTENT_RANGE,
+            hv(&format!("bytes {start}-{}/{len}", end - 1))?,
+        );
+    }
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, hv(&etag)?);
     h.insert(
         header::CONTENT_DISPOSITION,
         hv(&format!("attachment; filename=\"{filename}\""))?,

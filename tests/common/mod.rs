@@ -7,7 +7,7 @@ use bdjobs::adapters::broker::{self, Topology};
 use bdjobs::adapters::db;
 use bdjobs::adapters::dns_stub::{StubDns, StubZone};
 use bdjobs::app;
-use bdjobs::config::{Config, LogFormat, Switch};
+use bdjobs::config::{ApiLimits, Config, LogFormat, Switch};
 use bdjobs::domain::ids::TenantId;
 use deadpool_postgres::Pool;
 use serde_json::Value;
@@ -48,6 +48,7 @@ pub fn test_config(tag: &str, assets: &std::path::Path) -> Config {
         projector_prefetch: 32,
         db_pool_size: 8,
         log_format: LogFormat::Text,
+        api: ApiLimits::default(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! model, event log, outbox, API keys and directory (one submodule each).
 
 pub mod directory;
+pub mod idempotency;
 pub mod jobs;
 pub mod keys;
 
@@ -116,7 +117,7 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
 }
 
 /// The migrations, in order. Embedded so the binary carries its own schema.
-pub const MIGRATIONS: [(&str, &str); 2] = [
+pub const MIGRATIONS: [(&str, &str); 3] = [
     (
         "0001_init",
         include_str!("../../../migrations/0001_init.sql"),
@@ -124,6 +125,10 @@ pub const MIGRATIONS: [(&str, &str); 2] = [
     (
         "0002_directory",
         include_str!("../../../migrations/0002_directory.sql"),
+    ),
+    (
+        "0003_idempotency",
+        include_str!("../../../migrations/0003_idempotency.sql"),
     ),
 ];
 
