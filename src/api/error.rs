@@ -13,6 +13,8 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("{0}")]
     NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(&'static str),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -34,8 +36,15 @@ pub enum ApiError {
 }
 
 impl From<crate::adapters::db::DbError> for ApiError {
+    /// Trouble a retry can cure (the database unreachable, out of connections, a serialization
+    /// conflict) is 503 with `Retry-After`; anything else is a 500.
     fn from(e: crate::adapters::db::DbError) -> Self {
-        ApiError::Internal(e.into())
+        if e.is_retryable() {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::Unavailable("database unavailable; retry shortly")
+        } else {
+            ApiError::Internal(e.into())
+        }
     }
 }
 
@@ -52,6 +61,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

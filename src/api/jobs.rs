@@ -177,7 +177,8 @@ fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, Ap
             "Idempotency-Key: expected 1 to 255 visible ASCII characters".to_owned(),
         )
     };
-    let v = v.to_str().map_err(|_| bad())?.trim();
+    // HTTP strips the spaces around a header value, so inside is the only place one can be.
+    let v = v.to_str().map_err(|_| bad())?.trim_matches(' ');
     if v.is_empty() || v.len() > 255 || !v.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
         return Err(bad());
     }
@@ -200,8 +201,8 @@ fn accepted(body: serde_json::Value, job_id: Uuid, replayed: bool) -> Response {
 /// A request repeated under a used key: the first answer again, if it is the same request.
 fn replay(stored: db::idempotency::Stored, hash: &[u8]) -> Result<Response, ApiError> {
     if stored.request_hash != hash {
-        return Err(ApiError::Unprocessable(
-            "this Idempotency-Key was already used with a different request body".to_owned(),
+        return Err(ApiError::Conflict(
+            "this Idempotency-Key was already used with a different request body",
         ));
     }
     Ok(accepted(stored.response, stored.job_id, true))
@@ -228,7 +229,8 @@ pub async fn create_job(
         contacts_without_email: input.contacts.iter().filter(|c| c.email.is_none()).count(),
         icp_gate_applied: icp_config.applies(),
     };
-    let warnings = planning_warnings(&plan, shape);
+    let mut warnings = planning_warnings(&plan, shape);
+    warnings.extend(icp_config.range_warning());
     let job = JobRef {
         job_id: JobId::new(),
         tenant: caller.0.clone(),
@@ -440,10 +442,12 @@ pub async fn list_jobs(
     for (name, value) in &params {
         match name.as_str() {
             "limit" => {
+                // `20.0` is the same number as `20` to JSON-minded clients.
                 limit = value
-                    .parse::<i64>()
+                    .parse::<f64>()
                     .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .filter(|n| n.fract() == 0.0 && (1.0..=MAX_PAGE as f64).contains(n))
+                    .map(|n| n as i64)
                     .ok_or_else(|| {
                         ApiError::Unprocessable(format!(
                             "limit: expected an integer from 1 to {MAX_PAGE}"

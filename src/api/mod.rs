@@ -106,14 +106,20 @@ async fn method_not_allowed() -> ApiError {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.guard.limits.max_body_bytes;
-    let v1 = Router::new()
+    // The capacity limits guard the BD endpoints only: health checks and scrapes must keep
+    // answering when the API is saturated, or an orchestrator restarts a busy server.
+    let bd = Router::new()
         .route("/bd/jobs", post(jobs::create_job).get(jobs::list_jobs))
         .route("/bd/jobs/{job_id}", get(jobs::get_job))
         .route("/bd/jobs/{job_id}/result", get(jobs::get_result))
         .route("/bd/jobs/{job_id}/events", get(events::job_events))
         // `get` answers HEAD too (axum drops the body); the handler skips storage for it.
         .route("/bd/jobs/{job_id}/assets/{asset_id}", get(jobs::get_asset))
-        .route("/openapi.json", get(openapi));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::admission,
+        ));
+    let v1 = bd.route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", v1)
         .route("/healthz", get(healthz))
@@ -121,14 +127,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Innermost first: the body limit, then admission (in-flight limit and deadline), then
-        // the JSON-error net over both, then timing (which sees the final status).
+        // Innermost first: the body limit, the JSON-error net over everything, then timing
+        // (which sees the final status).
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(axum::Extension(jobs::BodyLimit(body_limit)))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            limits::admission,
-        ))
         .layer(axum::middleware::from_fn(limits::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
