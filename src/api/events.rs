@@ -149,3 +149,74 @@ pub async fn job_events(
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::{MessageId, TenantId};
+    use crate::domain::job::JobStatus;
+    use crate::domain::messages::{Created, Event as DomainEvent, EventRecord, Position};
+    use crate::domain::plan::Capability;
+
+    fn view() -> JobView {
+        JobView::created(&EventRecord {
+            message_id: MessageId::new(),
+            job_id: JobId::new(),
+            tenant: TenantId::parse("acme").unwrap(),
+            occurred_at: chrono::Utc::now(),
+            position: Position::ORIGIN,
+            event: DomainEvent::Created(Created {
+                preset: None,
+                requested_capabilities: vec![
+                    Capability::EmailVerify,
+                    Capability::DeliverableFinalize,
+                ],
+                warnings: vec!["first".into()],
+                chat_id: None,
+                companies: 0,
+                contacts: 1,
+            }),
+        })
+        .unwrap()
+    }
+
+    fn names(events: &[Outgoing]) -> Vec<&'static str> {
+        events.iter().map(|(n, _)| *n).collect()
+    }
+
+    #[test]
+    fn a_new_stream_sends_the_job_then_its_warnings_so_far() {
+        let mut c = Cursor::default();
+        let out = c.step(&view());
+        assert_eq!(names(&out), ["progress", "warning"]);
+        assert_eq!(out[1].1, serde_json::json!({"message": "first"}));
+    }
+
+    #[test]
+    fn an_unchanged_job_sends_nothing_and_a_change_sends_only_what_is_new() {
+        let mut v = view();
+        let mut c = Cursor::default();
+        c.step(&v);
+        assert!(c.step(&v).is_empty());
+        v.progress_percent = 40;
+        v.warnings.push("second".into());
+        let out = c.step(&v);
+        assert_eq!(names(&out), ["progress", "warning"]);
+        assert_eq!(out[0].1["progress_percent"], 40);
+        assert_eq!(out[1].1["message"], "second");
+    }
+
+    #[test]
+    fn a_terminal_job_ends_the_stream_with_its_status_once() {
+        let mut v = view();
+        let mut c = Cursor::default();
+        c.step(&v);
+        v.status = JobStatus::Failed;
+        v.error_message = Some("boom".into());
+        let out = c.step(&v);
+        assert_eq!(names(&out), ["progress", "failed"]);
+        assert_eq!(out[1].1["error_message"], "boom");
+        assert!(c.is_done());
+        assert!(c.step(&v).is_empty());
+    }
+}

@@ -568,3 +568,46 @@ pub async fn get_asset(
     );
     Ok(resp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_survives_the_round_trip_to_the_microsecond() {
+        let c = db::jobs::ListCursor {
+            created_at: DateTime::from_timestamp_micros(1_790_000_000_123_456).unwrap(),
+            job_id: Uuid::now_v7(),
+        };
+        let s = encode_cursor(&c);
+        assert_eq!(s.len(), 48);
+        assert_eq!(decode_cursor(&s), Some(c));
+    }
+
+    #[test]
+    fn any_well_formed_cursor_is_a_position_and_others_are_refused() {
+        assert!(decode_cursor(&"f".repeat(48)).is_some());
+        assert!(decode_cursor(&"0".repeat(48)).is_some());
+        assert!(decode_cursor(&"F".repeat(48)).is_none());
+        assert!(decode_cursor("abc").is_none());
+        assert!(decode_cursor(&"g".repeat(48)).is_none());
+    }
+
+    #[test]
+    fn an_idempotency_key_is_visible_ascii_of_at_most_255_bytes() {
+        let headers = |v: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert("idempotency-key", HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert_eq!(
+            idempotency_key(&headers("order 1")).unwrap().as_deref(),
+            Some("order 1")
+        );
+        assert!(idempotency_key(&axum::http::HeaderMap::new())
+            .unwrap()
+            .is_none());
+        assert!(idempotency_key(&headers(&"k".repeat(256))).is_err());
+        assert!(idempotency_key(&headers("tab\there")).is_err());
+    }
+}

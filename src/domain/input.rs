@@ -277,6 +277,24 @@ impl RawInput {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_count_may_be_spelled_as_a_whole_float_but_not_as_a_fraction() {
+        let read = |v: serde_json::Value| serde_json::from_value::<RawCompany>(v);
+        let c = read(serde_json::json!({"domain": "a.example", "employee_count": 12.0})).unwrap();
+        assert_eq!(c.employee_count, Some(12));
+        let c = read(serde_json::json!({"domain": "a.example", "employee_count": null})).unwrap();
+        assert_eq!(c.employee_count, None);
+        for bad in [
+            serde_json::json!(1.5),
+            serde_json::json!(-1),
+            serde_json::json!(4294967296u64),
+        ] {
+            assert!(
+                read(serde_json::json!({"domain": "a.example", "employee_count": bad})).is_err()
+            );
+        }
+    }
+
     fn company(domain: &str) -> RawCompany {
         RawCompany {
             domain: Some(domain.to_owned()),
