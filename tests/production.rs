@@ -253,6 +253,20 @@ async fn downloads_answer_ranges_conditions_and_head() {
         .starts_with("attachment; filename=\"verified_contacts_csv-"));
     assert!(head.bytes().await.unwrap().is_empty());
 
+    // The JSON asset is always whole: a slice of it would not be JSON.
+    let json_path = format!("/api/v1/bd/jobs/{job}/assets/verified_contacts");
+    let whole = app
+        .http
+        .get(app.url(&json_path))
+        .bearer_auth(&key)
+        .header("range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.headers()["accept-ranges"], "none");
+    assert!(whole.json::<Value>().await.unwrap().is_array());
+
     let other = app.res.key("globex").await;
     assert_eq!(app.get(&other, &path).await.status(), 404);
     app.stop().await;

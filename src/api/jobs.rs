@@ -496,8 +496,8 @@ fn extension(mime: &str) -> &'static str {
 }
 
 /// Streams an asset from storage, never holding more than OpenDAL's chunk in memory. Answers
-/// HEAD with the headers alone, `If-None-Match` with 304, and one `Range` with 206 (416 when it
-/// selects nothing); see `range` for what is served of other ranges.
+/// HEAD with the headers alone, `If-None-Match` with 304, and one `Range` on a non-JSON asset
+/// with 206 (416 when it selects nothing); see `range` for what is served of other ranges.
 pub async fn get_asset(
     State(state): State<AppState>,
     caller: Caller,
@@ -520,7 +520,11 @@ pub async fn get_asset(
         resp.headers_mut().insert(header::ETAG, hv(&etag)?);
         return Ok(resp);
     }
-    let selection = if range::if_range_allows(header_text(header::IF_RANGE), &etag) {
+    // A slice of a JSON document is not JSON, and a client told `application/json` will try to
+    // parse it: JSON assets are always sent whole (`Accept-Ranges: none`), which RFC 9110 allows.
+    // Ranges serve the formats that survive slicing (the CSV), for resumed downloads.
+    let ranges = !row.mime_type.starts_with("application/json");
+    let selection = if ranges && range::if_range_allows(header_text(header::IF_RANGE), &etag) {
         range::select(header_text(header::RANGE), len)
     } else {
         range::Selection::Full
@@ -556,7 +560,10 @@ pub async fn get_asset(
             hv(&format!("bytes {start}-{}/{len}", end - 1))?,
         );
     }
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::ACCEPT_RANGES,
+        HeaderValue::from_static(if ranges { "bytes" } else { "none" }),
+    );
     h.insert(header::ETAG, hv(&etag)?);
     h.insert(
         header::CONTENT_DISPOSITION,
