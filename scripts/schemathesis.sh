@@ -34,6 +34,9 @@ export BDJOBS_ASSETS="fs://${WORK}/assets"
 # The fuzzer sends far more than one client should: lift the per-key rate limit for it (429 is
 # documented and exercised by the integration tests).
 export BDJOBS_RATE_LIMIT_PER_SEC=100000 BDJOBS_RATE_LIMIT_BURST=100000
+# An event stream lasts until its job ends; should a job stall (the broker restarting under the
+# run), close streams after a while so the fuzzer never waits on one forever.
+export BDJOBS_EVENT_STREAM_MAX_SECS=20
 export RUST_LOG=${RUST_LOG:-warn}
 unset BDJOBS_API_KEY
 
@@ -63,7 +66,8 @@ curl -fsS --noproxy '*' "$BASE/readyz" >/dev/null || { cat "$WORK/server.log"; e
 
 log "schemathesis $("$VENV/bin/schemathesis" --version | awk '{print $NF}') against $BASE/api/v1/openapi.json"
 status=0
-NO_PROXY='*' "$VENV/bin/schemathesis" --config-file scripts/schemathesis.toml run "$BASE/api/v1/openapi.json" \
+# A hard bound on the whole run, whatever happens to the services underneath.
+NO_PROXY='*' timeout "${SCHEMATHESIS_TIMEOUT_SECS:-1200}" "$VENV/bin/schemathesis" --config-file scripts/schemathesis.toml run "$BASE/api/v1/openapi.json" \
   --url "$BASE" \
   --checks all \
   --mode all \

@@ -151,6 +151,11 @@ pub struct ApiLimits {
     #[arg(long, env = "BDJOBS_MAX_EVENT_STREAMS", default_value_t = ApiLimits::DEFAULT.max_event_streams, global = true)]
     pub max_event_streams: usize,
 
+    /// Seconds an event stream stays open at most; then it ends without a terminal event and
+    /// the client reconnects (bounds what a forgotten client holds).
+    #[arg(long, env = "BDJOBS_EVENT_STREAM_MAX_SECS", default_value_t = ApiLimits::DEFAULT.event_stream_max_secs, global = true)]
+    pub event_stream_max_secs: u64,
+
     /// Sustained requests per second per API key (token bucket); over it, 429 with Retry-After.
     #[arg(long, env = "BDJOBS_RATE_LIMIT_PER_SEC", default_value_t = ApiLimits::DEFAULT.rate_limit_per_sec, global = true)]
     pub rate_limit_per_sec: f64,
@@ -167,6 +172,7 @@ impl ApiLimits {
         header_read_timeout_secs: 10,
         max_concurrent_requests: 512,
         max_event_streams: 1024,
+        event_stream_max_secs: 3600,
         rate_limit_per_sec: 20.0,
         rate_limit_burst: 100,
     };

@@ -644,3 +644,59 @@ async fn health_readiness_and_metrics_describe_the_running_system() {
     assert!(!text.contains("not-a-job"));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_ends_at_its_maximum_age_and_watch_reconnects() {
+    // The API alone: no worker runs, so the job stays pending.
+    let mut res = Resources::new("sseage").await;
+    res.config.api.event_stream_max_secs = 1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let api = {
+        let (config, pool, token) = (res.config.clone(), res.pool.clone(), shutdown.clone());
+        tokio::spawn(async move { bdjobs::app::run_api(&config, pool, listener, token).await })
+    };
+    let key = res.key("acme").await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let created: Value = http
+        .post(format!("{base}/api/v1/bd/jobs"))
+        .bearer_auth(&key)
+        .json(&small_job("ada@acme.example"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = created["job_id"].as_str().unwrap();
+    let mut resp = http
+        .get(format!("{base}/api/v1/bd/jobs/{job}/events"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let mut parser = watch::SseParser::default();
+    let mut names = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            names.extend(parser.feed(&chunk).into_iter().map(|e| e.name));
+        }
+    })
+    .await
+    .expect("the stream ends at its maximum age");
+    assert_eq!(
+        names,
+        ["progress"],
+        "no terminal event: the job is still pending"
+    );
+    // `watch` keeps reconnecting to such a stream; it is still waiting when we stop looking.
+    let watching = tokio::time::timeout(
+        Duration::from_secs(3),
+        watch::watch(&base, &key, job, false),
+    )
+    .await;
+    assert!(watching.is_err(), "watch outlives a stream that ends early");
+    shutdown.cancel();
+    api.await.unwrap().unwrap();
+}

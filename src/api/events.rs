@@ -12,8 +12,9 @@
 //! - `warning`: `{"message": ...}` for each warning, those already there first;
 //! - `completed`, `failed` or `cancelled`: the job, last; then the server closes the stream.
 //!
-//! Comments (`: keep-alive`) every 15 s keep proxies from closing an idle stream. On shutdown
-//! the stream ends without a terminal event: reconnect (the first `progress` tells the state).
+//! Comments (`: keep-alive`) every 15 s keep proxies from closing an idle stream. On shutdown,
+//! and after `BDJOBS_EVENT_STREAM_MAX_SECS`, the stream ends without a terminal event: reconnect
+//! (the first `progress` tells the state).
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -88,7 +89,9 @@ fn to_event((name, data): Outgoing) -> Result<Event, Infallible> {
 }
 
 fn job_stream(s: Streaming) -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold(Some(s), |st| async move {
+    let max = Duration::from_secs(s.state.guard.limits.event_stream_max_secs.max(1));
+    let deadline = tokio::time::Instant::now() + max;
+    stream::unfold(Some(s), move |st| async move {
         let mut s = st?;
         loop {
             let view = match s.first.take() {
@@ -96,6 +99,7 @@ fn job_stream(s: Streaming) -> impl Stream<Item = Result<Event, Infallible>> {
                 None => {
                     tokio::select! {
                         _ = s.state.shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep_until(deadline) => return None,
                         _ = tokio::time::sleep(POLL) => {}
                     }
                     match db::jobs::get_view(&s.state.pool, &s.tenant, s.job).await {
