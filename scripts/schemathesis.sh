@@ -74,6 +74,7 @@ NO_PROXY='*' timeout "${SCHEMATHESIS_TIMEOUT_SECS:-1200}" "$VENV/bin/schemathesi
   --header "Authorization: Bearer ${KEY}" \
   --request-timeout 30 \
   --seed "${SCHEMATHESIS_SEED:-1}" \
+  --generation-database none \
   --no-color \
   "$@" || status=$?
 if [ "$status" -ne 0 ]; then
