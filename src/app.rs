@@ -83,11 +83,7 @@ pub async fn run_api(
         &process_name("api"),
         topology(config),
     ));
-    let state = AppState {
-        pool,
-        storage,
-        publisher,
-    };
+    let state = AppState::new(pool, storage, publisher, &config.api);
     api::serve(listener, state, shutdown).await
 }
 

@@ -175,7 +175,74 @@ pub struct Config {
         global = true
     )]
     pub aws_secret_access_key: Option<String>,
+
+    #[command(flatten)]
+    pub api: ApiLimits,
 }
+
+// --- API limits (issue 6) -------------------------------------------------------------------
+// Kept in a block of their own: the API reads nothing else from here but the listen address.
+
+/// What one API process accepts before it pushes back (OWASP API4: unrestricted resource
+/// consumption). Defaults suit one modest server; raise them behind a load balancer.
+#[derive(Debug, Clone, Args)]
+pub struct ApiLimits {
+    /// Largest request body in bytes; a larger one gets 413.
+    #[arg(long, env = "BDJOBS_MAX_BODY_BYTES", default_value_t = ApiLimits::DEFAULT.max_body_bytes, global = true)]
+    pub max_body_bytes: usize,
+
+    /// Seconds a request may take to be answered (body read included) before it gets 503.
+    /// Event streams are not cut by it: it bounds the time to their first byte.
+    #[arg(long, env = "BDJOBS_REQUEST_TIMEOUT_SECS", default_value_t = ApiLimits::DEFAULT.request_timeout_secs, global = true)]
+    pub request_timeout_secs: u64,
+
+    /// Seconds a client may take to send a request's headers before the connection is closed
+    /// (slow-loris defence).
+    #[arg(long, env = "BDJOBS_HEADER_READ_TIMEOUT_SECS", default_value_t = ApiLimits::DEFAULT.header_read_timeout_secs, global = true)]
+    pub header_read_timeout_secs: u64,
+
+    /// Requests served at once; the next one gets 503 with Retry-After.
+    #[arg(long, env = "BDJOBS_MAX_CONCURRENT_REQUESTS", default_value_t = ApiLimits::DEFAULT.max_concurrent_requests, global = true)]
+    pub max_concurrent_requests: usize,
+
+    /// Open event streams (GET .../events) at once; the next one gets 503 with Retry-After.
+    #[arg(long, env = "BDJOBS_MAX_EVENT_STREAMS", default_value_t = ApiLimits::DEFAULT.max_event_streams, global = true)]
+    pub max_event_streams: usize,
+
+    /// Seconds an event stream stays open at most; then it ends without a terminal event and
+    /// the client reconnects (bounds what a forgotten client holds).
+    #[arg(long, env = "BDJOBS_EVENT_STREAM_MAX_SECS", default_value_t = ApiLimits::DEFAULT.event_stream_max_secs, global = true)]
+    pub event_stream_max_secs: u64,
+
+    /// Sustained requests per second per API key (token bucket); over it, 429 with Retry-After.
+    #[arg(long, env = "BDJOBS_RATE_LIMIT_PER_SEC", default_value_t = ApiLimits::DEFAULT.rate_limit_per_sec, global = true)]
+    pub rate_limit_per_sec: f64,
+
+    /// Requests one API key may send in a burst above the sustained rate.
+    #[arg(long, env = "BDJOBS_RATE_LIMIT_BURST", default_value_t = ApiLimits::DEFAULT.rate_limit_burst, global = true)]
+    pub rate_limit_burst: u32,
+}
+
+impl ApiLimits {
+    pub const DEFAULT: ApiLimits = ApiLimits {
+        max_body_bytes: 16 * 1024 * 1024,
+        request_timeout_secs: 30,
+        header_read_timeout_secs: 10,
+        max_concurrent_requests: 512,
+        max_event_streams: 1024,
+        event_stream_max_secs: 3600,
+        rate_limit_per_sec: 20.0,
+        rate_limit_burst: 100,
+    };
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+// --- end of API limits ------------------------------------------------------------------------
 
 impl Config {
     /// The configuration the binary would run with given no flags: defaults, overridden by the

@@ -4,7 +4,7 @@
 //! - [`adapters`]: Postgres, RabbitMQ, OpenDAL, DNS and SMTP;
 //! - [`worker`], [`projector`], [`api`]: the three roles, each a step plus a loop;
 //! - [`app`]: wiring roles to configuration; [`config`]: the settings;
-//! - [`demo`], [`import`] and [`dlq`]: the CLI's longer commands;
+//! - [`demo`], [`import`], [`dlq`] and [`watch`]: the CLI's longer commands;
 //! - [`replay`] and [`event_log`]: rebuilding the read model from the event log, exporting,
 //!   importing and compacting the log.
 
@@ -19,4 +19,5 @@ pub mod event_log;
 pub mod import;
 pub mod projector;
 pub mod replay;
+pub mod watch;
 pub mod worker;

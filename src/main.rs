@@ -61,6 +61,18 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Follow a job's progress through the API's event stream, with a progress bar; exit 0 when
+    /// it completes, 1 when it fails (its error printed), 2 when it is cancelled.
+    Watch {
+        /// The job's id (from POST /api/v1/bd/jobs).
+        job_id: String,
+        /// Base URL of the API.
+        #[arg(long, env = "BDJOBS_API_URL", default_value = "http://127.0.0.1:8080")]
+        api: String,
+        /// API key (dc_...). Prefer the environment variable: a flag shows in `ps`.
+        #[arg(long, env = "BDJOBS_API_KEY", hide_env_values = true)]
+        key: String,
+    },
     /// Manage the company and people directory the pipeline reads.
     Directory {
         #[command(subcommand)]
@@ -144,6 +156,18 @@ enum KeysCommand {
         /// Tenant (account) name: lowercase letters, digits, '_' and '-'.
         #[arg(long)]
         tenant: String,
+    },
+    /// List a tenant's keys: id, prefix, created, last used, revoked. Never the secret (only
+    /// its hash is stored).
+    List {
+        /// Tenant (account) name.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a key by id (from `keys list`): from its next request on it gets 401.
+    Revoke {
+        /// The key's id.
+        key_id: uuid::Uuid,
     },
 }
 
@@ -301,6 +325,73 @@ async fn run(loaded: config::Loaded<Cli>) -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+        }
+        Command::Keys {
+            command: KeysCommand::List { tenant },
+        } => {
+            let tenant = TenantId::parse(&tenant)?;
+            let pool = app::connect_db(&config)?;
+            let keys = db::keys::list_keys(&pool, &tenant)
+                .await
+                .context("could not read the keys (has `bdjobs migrate` run?)")?;
+            if keys.is_empty() {
+                eprintln!("tenant {tenant} has no keys");
+                return Ok(());
+            }
+            let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+                    .unwrap_or_else(|| "-".to_owned())
+            };
+            println!(
+                "{:<36}  {:<12}  {:<20}  {:<20}  {:<20}",
+                "KEY ID", "PREFIX", "CREATED", "LAST USED", "REVOKED"
+            );
+            for k in keys {
+                println!(
+                    "{:<36}  {:<12}  {:<20}  {:<20}  {:<20}",
+                    k.key_id,
+                    format!("{}...", k.prefix),
+                    when(Some(k.created_at)),
+                    when(k.last_used_at),
+                    when(k.revoked_at)
+                );
+            }
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Revoke { key_id },
+        } => {
+            let pool = app::connect_db(&config)?;
+            match db::keys::revoke_key(&pool, key_id)
+                .await
+                .context("could not revoke the key (has `bdjobs migrate` run?)")?
+            {
+                db::keys::Revoked::Now(k) => {
+                    println!(
+                        "revoked key {} ({}...) of tenant {}",
+                        k.key_id, k.prefix, k.tenant
+                    );
+                    Ok(())
+                }
+                db::keys::Revoked::Already(k) => {
+                    println!(
+                        "key {} ({}...) of tenant {} was already revoked",
+                        k.key_id, k.prefix, k.tenant
+                    );
+                    Ok(())
+                }
+                db::keys::Revoked::NoSuchKey => anyhow::bail!("no key has id {key_id}"),
+            }
+        }
+        Command::Watch { job_id, api, key } => {
+            let outcome =
+                bdjobs::watch::watch(&api, &key, &job_id, std::io::stderr().is_terminal()).await?;
+            match &outcome {
+                bdjobs::watch::Outcome::Completed => println!("job {job_id} completed"),
+                bdjobs::watch::Outcome::Failed(why) => eprintln!("job {job_id} failed: {why}"),
+                bdjobs::watch::Outcome::Cancelled => eprintln!("job {job_id} was cancelled"),
+            }
+            std::process::exit(outcome.exit_code());
         }
         Command::Directory {
             command: DirectoryCommand::Import { file },

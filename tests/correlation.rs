@@ -163,15 +163,16 @@ async fn a_command_published_by_the_outbox_relay_keeps_its_correlation_id() {
     let key = res.key("acme").await;
     let mut tap = Tap::new(&res).await;
     // An API whose broker answers nothing: the command stays in the outbox.
-    let state = AppState {
-        pool: res.pool.clone(),
-        storage: res.config.storage().unwrap(),
-        publisher: Arc::new(Publisher::new(
+    let state = AppState::new(
+        res.pool.clone(),
+        res.config.storage().unwrap(),
+        Arc::new(Publisher::new(
             "amqp://guest:guest@127.0.0.1:1/%2f",
             "test-dead",
             res.topology(),
         )),
-    };
+        &res.config.api,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, api::router(state)).await });

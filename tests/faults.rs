@@ -125,6 +125,9 @@ impl Cluster {
             .env("BDJOBS_DNS_NAMESERVER", self.dns.addr().to_string())
             .env("BDJOBS_DNS_TIMEOUT_MS", "700")
             .env("BDJOBS_DB_POOL_SIZE", "4")
+            // A load test: one key sends hundreds of jobs a second.
+            .env("BDJOBS_RATE_LIMIT_PER_SEC", "100000")
+            .env("BDJOBS_RATE_LIMIT_BURST", "100000")
             .env("RUST_LOG", "warn,bdjobs=info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
@@ -164,8 +167,8 @@ impl Cluster {
         i
     }
 
-    /// Submits a job through the `i`-th API, retrying while the API cannot accept it (a 5xx
-    /// means "not accepted": nothing to lose). Returns the job id once accepted.
+    /// Submits a job through the `i`-th API, retrying while the API cannot accept it (a 5xx or
+    /// a 429 means "not accepted": nothing to lose). Returns the job id once accepted.
     async fn submit(&self, i: usize, body: &Value) -> String {
         let base = &self.apis[i % self.apis.len()];
         let started = Instant::now();
@@ -182,7 +185,11 @@ impl Cluster {
                     let v: Value = resp.json().await.unwrap();
                     return v["job_id"].as_str().unwrap().to_owned();
                 }
-                Ok(resp) => assert!(resp.status().is_server_error(), "{}", resp.status()),
+                Ok(resp) => assert!(
+                    resp.status().is_server_error() || resp.status() == 429,
+                    "{}",
+                    resp.status()
+                ),
                 Err(_) => {}
             }
             assert!(

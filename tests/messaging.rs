@@ -68,11 +68,12 @@ async fn a_job_accepted_while_the_broker_is_unreachable_is_published_by_the_outb
         "test-dead",
         res.topology(),
     ));
-    let state = AppState {
-        pool: res.pool.clone(),
-        storage: bdjobs::adapters::storage::operator(&res.config.assets_location()).unwrap(),
-        publisher: dead_broker,
-    };
+    let state = AppState::new(
+        res.pool.clone(),
+        bdjobs::adapters::storage::operator(&res.config.assets_location()).unwrap(),
+        dead_broker,
+        &res.config.api,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, api::router(state)).await });

@@ -20,19 +20,23 @@ use std::collections::BTreeSet;
 /// Every route `bdjobs::api::router` serves, as (method, full path). Adding a route to the router
 /// without documenting it (and listing it here) is meant to fail
 /// `the_documented_operations_are_exactly_the_routes_the_router_serves`.
-const ROUTES: [(&str, &str); 8] = [
+const ROUTES: [(&str, &str); 12] = [
+    ("get", "/api/v1/bd/jobs"),
     ("post", "/api/v1/bd/jobs"),
     ("post", "/api/v1/bd/jobs/{job_id}/cancel"),
     ("get", "/api/v1/bd/jobs/{job_id}"),
     ("get", "/api/v1/bd/jobs/{job_id}/result"),
+    ("get", "/api/v1/bd/jobs/{job_id}/events"),
     ("get", "/api/v1/bd/jobs/{job_id}/assets/{asset_id}"),
+    ("head", "/api/v1/bd/jobs/{job_id}/assets/{asset_id}"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/healthz"),
     ("get", "/readyz"),
+    ("get", "/metrics"),
 ];
 
 /// The routes that need no bearer token.
-const PUBLIC_ROUTES: [&str; 3] = ["/api/v1/openapi.json", "/healthz", "/readyz"];
+const PUBLIC_ROUTES: [&str; 4] = ["/api/v1/openapi.json", "/healthz", "/readyz", "/metrics"];
 
 const HTTP_METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
@@ -342,13 +346,19 @@ fn the_bd_operations_document_the_statuses_their_handlers_return() {
             .keys()
             .map(String::as_str)
             .collect();
-        let expected: BTreeSet<&str> = if path.ends_with("/cancel") {
-            ["202", "401", "404", "409", "500"].into()
-        } else if method == "post" {
-            ["202", "400", "401", "422", "500"].into()
-        } else {
-            ["200", "401", "404", "500"].into()
+        // Every BD operation can meet authentication, the rate limit, the capacity limits and
+        // an internal error; then each its own.
+        let own: &[&str] = match (method.as_str(), path.as_str()) {
+            ("post", p) if p.ends_with("/cancel") => &["202", "404", "409"],
+            ("post", _) => &["202", "400", "409", "413", "422"],
+            ("get", "/api/v1/bd/jobs") => &["200", "422"],
+            (_, p) if p.ends_with("{asset_id}") => &["200", "206", "304", "404", "416"],
+            _ => &["200", "404"],
         };
+        let expected: BTreeSet<&str> = ["401", "429", "500", "503"]
+            .into_iter()
+            .chain(own.iter().copied())
+            .collect();
         assert_eq!(codes, expected, "{method} {path}");
     }
     let post = &d["paths"]["/api/v1/bd/jobs"]["post"];

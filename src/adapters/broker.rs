@@ -390,6 +390,52 @@ impl Publisher {
     pub fn topology(&self) -> &Topology {
         &self.topology
     }
+
+    /// Whether the broker answers: the publisher's connection and channel are (re)made if
+    /// needed. For readiness probes; the caller bounds the wait.
+    pub async fn ping(&self) -> Result<(), BrokerError> {
+        let result = self.channel().await.map(|_| ());
+        if result.is_err() {
+            self.reset().await;
+        }
+        result
+    }
+
+    /// Messages ready in each of the namespace's queues (jobs, projector, dead), by passive
+    /// declaration on a short-lived channel of the publisher's connection (a passive declare of
+    /// a missing queue closes its channel, which must not be the publishing one).
+    pub async fn queue_depths(&self) -> Result<Vec<(String, u32)>, BrokerError> {
+        self.channel().await?;
+        let conn_channel = {
+            let state = self.state.lock().await;
+            let (conn, _) = state.as_ref().ok_or_else(|| {
+                BrokerError::Amqp(
+                    lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed).into(),
+                )
+            })?;
+            conn.create_channel().await?
+        };
+        let mut out = Vec::new();
+        for q in [
+            self.topology.jobs_queue(),
+            self.topology.projector_queue(),
+            self.topology.dead_queue(),
+        ] {
+            let declared = conn_channel
+                .queue_declare(
+                    q.clone().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            out.push((q, declared.message_count()));
+        }
+        let _ = conn_channel.close(200, "done".into()).await;
+        Ok(out)
+    }
 }
 
 /// The broker's confirm of one publish, still to come.

@@ -1,11 +1,13 @@
 //! Bearer authentication (RFC 6750): the extractor that turns `Authorization: Bearer dc_...` into
-//! the caller's tenant, or a 401.
+//! the caller's tenant, or a 401; and the per-key rate limit (429), counted once a key is known,
+//! so the limiter holds one bucket per real key whatever strangers send.
 
 use super::{error::ApiError, AppState};
 use crate::adapters::db::keys;
 use crate::domain::ids::TenantId;
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts};
+use std::time::Instant;
 
 /// The authenticated caller.
 pub struct Caller(pub TenantId);
@@ -34,9 +36,14 @@ impl FromRequestParts<AppState> for Caller {
             return Err(ApiError::Unauthorized("invalid token"));
         }
         match keys::authenticate(&state.pool, token).await? {
-            Some(tenant) => {
-                tracing::Span::current().record("tenant", tenant.as_str());
-                Ok(Caller(tenant))
+            Some(owner) => {
+                tracing::Span::current().record("tenant", owner.tenant.as_str());
+                if let Err(wait) = state.guard.rate.check(owner.key_id, Instant::now()) {
+                    return Err(ApiError::TooManyRequests(
+                        wait.as_secs_f64().ceil().max(1.0) as u64,
+                    ));
+                }
+                Ok(Caller(owner.tenant))
             }
             None => Err(ApiError::Unauthorized("invalid token")),
         }

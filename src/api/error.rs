@@ -21,13 +21,30 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Over a capacity limit (requests in flight, event streams) or past the request deadline.
+    #[error("{0}")]
+    Busy(&'static str),
+    #[error("request body too large (at most {0} bytes)")]
+    PayloadTooLarge(usize),
+    #[error("rate limit exceeded for this API key; retry after {0} s")]
+    TooManyRequests(u64),
+    /// A Range that selects no byte of a representation of this many bytes.
+    #[error("range not satisfiable: the asset has {0} bytes")]
+    RangeNotSatisfiable(u64),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
 
 impl From<crate::adapters::db::DbError> for ApiError {
+    /// Trouble a retry can cure (the database unreachable, out of connections, a serialization
+    /// conflict) is 503 with `Retry-After`; anything else is a 500.
     fn from(e: crate::adapters::db::DbError) -> Self {
-        ApiError::Internal(e.into())
+        if e.is_retryable() {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::Unavailable("database unavailable; retry shortly")
+        } else {
+            ApiError::Internal(e.into())
+        }
     }
 }
 
@@ -58,7 +75,10 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -79,9 +99,20 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let headers = resp.headers_mut();
+        match &self {
+            ApiError::TooManyRequests(secs) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            ApiError::RangeNotSatisfiable(len) => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+            }
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         resp
     }

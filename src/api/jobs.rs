@@ -1,52 +1,91 @@
-//! The BD jobs endpoints: create, status, result, asset download.
+//! The BD jobs endpoints: create (with `Idempotency-Key`), list, status, result, asset download.
 
 use super::auth::Caller;
 use super::error::ApiError;
+use super::range;
 use super::AppState;
 use crate::adapters::broker::{Outgoing, RUN_JOB_KEY};
 use crate::adapters::db;
 use crate::domain::ids::{AssetId, JobId};
 use crate::domain::input::RawInput;
-use crate::domain::job::{JobView, ResultView};
+use crate::domain::job::{JobStatus, JobView, ResultView};
 use crate::domain::messages::{
     run_job_command, Created, Event, EventRecord, JobRef, Position, RunJob,
 };
 use crate::domain::plan::{plan, planning_warnings, InputShape, Request};
 use crate::domain::stages::{ExecutionOptions, IcpConfig, Summary};
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::extract::{FromRequest, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// `Json` whose rejections speak the API's error format: 400 for a body that is not JSON, 422 for
-/// JSON of the wrong shape.
-pub struct ApiJson<T>(pub T);
+/// `Json` whose rejections speak the API's error format: 400 for a body that is not JSON, 413
+/// for one over the size limit, 422 for JSON of the wrong shape. It keeps the SHA-256 of the
+/// body as sent, which an `Idempotency-Key` is bound to.
+pub struct ApiJson<T>(pub T, pub [u8; 32]);
+
+fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
 
 impl<T, S> FromRequest<S> for ApiJson<T>
 where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::Unprocessable(e.body_text())),
-            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::BadRequest(e.body_text())),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadRequest(
+        if !is_json_content_type(req.headers()) {
+            return Err(ApiError::BadRequest(
                 "expected a JSON body with Content-Type: application/json".to_owned(),
-            )),
+            ));
+        }
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(super::MAX_BODY_BYTES);
+        let bytes = match Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::PayloadTooLarge(limit))
+            }
+            Err(e) => return Err(ApiError::BadRequest(e.body_text())),
+        };
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        match axum::Json::<T>::from_bytes(&bytes) {
+            Ok(Json(v)) => Ok(ApiJson(v, hash)),
+            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::Unprocessable(e.body_text())),
             Err(other) => Err(ApiError::BadRequest(other.body_text())),
         }
     }
 }
+
+/// The body limit in force, put in the request's extensions by the router so that a 413 can
+/// say it.
+#[derive(Clone, Copy)]
+pub struct BodyLimit(pub usize);
 
 #[derive(Debug, Deserialize)]
 pub struct CreateJob {
@@ -149,13 +188,68 @@ pub fn correlation_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| Uuid::new_v4().to_string())
 }
 
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::Unprocessable(
+            "Idempotency-Key: expected 1 to 255 visible ASCII characters".to_owned(),
+        )
+    };
+    // HTTP strips the spaces around a header value, so inside is the only place one can be.
+    let v = v.to_str().map_err(|_| bad())?.trim_matches(' ');
+    if v.is_empty() || v.len() > 255 || !v.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(bad());
+    }
+    Ok(Some(v.to_owned()))
+}
+
+fn accepted(body: serde_json::Value, job_id: Uuid, replayed: bool, correlation: &str) -> Response {
+    let location = format!("/api/v1/bd/jobs/{job_id}");
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    if let Ok(v) = HeaderValue::from_str(correlation) {
+        resp.headers_mut().insert(CORRELATION_ID, v);
+    }
+    resp
+}
+
+/// A request repeated under a used key: the first answer again, if it is the same request.
+fn replay(
+    stored: db::idempotency::Stored,
+    hash: &[u8],
+    correlation: &str,
+) -> Result<Response, ApiError> {
+    if stored.request_hash != hash {
+        return Err(ApiError::Conflict(
+            "this Idempotency-Key was already used with a different request body".to_owned(),
+        ));
+    }
+    Ok(accepted(stored.response, stored.job_id, true, correlation))
+}
+
 pub async fn create_job(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<CreateJob>,
+    ApiJson(body, body_hash): ApiJson<CreateJob>,
 ) -> Result<Response, ApiError> {
     let correlation = correlation_id(&headers);
+    let idem_key = idempotency_key(&headers)?;
+    if let Some(key) = &idem_key {
+        // The common repeat (a client retrying after a lost answer) is answered without planning.
+        if let Some(stored) = db::idempotency::find(&state.pool, &caller.0, key).await? {
+            return replay(stored, &body_hash, &correlation);
+        }
+    }
     let (plan, input) = validate(&body)?;
     let icp_config = body.icp_config.unwrap_or_default();
     let shape = InputShape {
@@ -164,7 +258,8 @@ pub async fn create_job(
         contacts_without_email: input.contacts.iter().filter(|c| c.email.is_none()).count(),
         icp_gate_applied: icp_config.applies(),
     };
-    let warnings = planning_warnings(&plan, shape);
+    let mut warnings = planning_warnings(&plan, shape);
+    warnings.extend(icp_config.range_warning());
     let job = JobRef {
         job_id: JobId::new(),
         tenant: caller.0.clone(),
@@ -190,15 +285,58 @@ pub async fn create_job(
         execution_options: body.execution_options.unwrap_or_default(),
     };
     let command = run_job_command(&job, &run, now);
-    db::jobs::create_job(
-        &state.pool,
-        &created,
-        &view,
-        &command,
-        RUN_JOB_KEY,
-        Some(&correlation),
-    )
-    .await?;
+    let out = CreatedBody {
+        job_id: job.job_id,
+        status: "pending",
+        progress_percent: 0,
+        preset: view.preset.map(|p| p.as_str().to_owned()),
+        requested_capabilities: view
+            .requested_capabilities
+            .iter()
+            .map(|c| c.as_str().to_owned())
+            .collect(),
+        warnings,
+        created_at: ts(now),
+    };
+    let out = serde_json::to_value(&out).expect("the created body serialises");
+    match &idem_key {
+        None => {
+            db::jobs::create_job(
+                &state.pool,
+                &created,
+                &view,
+                &command,
+                RUN_JOB_KEY,
+                Some(&correlation),
+            )
+            .await?
+        }
+        Some(key) => {
+            let idem = db::idempotency::Idempotency {
+                key,
+                request_hash: &body_hash,
+            };
+            match db::idempotency::create_job_once(
+                &state.pool,
+                &caller.0,
+                &idem,
+                &out,
+                &created,
+                &view,
+                &command,
+                RUN_JOB_KEY,
+                Some(&correlation),
+            )
+            .await?
+            {
+                db::idempotency::Outcome::Created => {}
+                // A concurrent request with the same key won the race.
+                db::idempotency::Outcome::Existing(stored) => {
+                    return replay(stored, &body_hash, &correlation)
+                }
+            }
+        }
+    }
     tracing::info!(job_id = %job.job_id, correlation_id = %correlation, "job created");
     // The fast path; if it fails the outbox relay publishes the command a few seconds later.
     let body_bytes = serde_json::to_vec(&command).expect("envelopes serialise");
@@ -224,28 +362,7 @@ pub async fn create_job(
             tracing::warn!(error = %e, job_id = %job.job_id, "publish failed; the outbox relay will retry")
         }
     }
-    let out = CreatedBody {
-        job_id: job.job_id,
-        status: "pending",
-        progress_percent: 0,
-        preset: view.preset.map(|p| p.as_str().to_owned()),
-        requested_capabilities: view
-            .requested_capabilities
-            .iter()
-            .map(|c| c.as_str().to_owned())
-            .collect(),
-        warnings,
-        created_at: ts(now),
-    };
-    let location = format!("/api/v1/bd/jobs/{}", job.job_id);
-    let mut resp = (StatusCode::ACCEPTED, Json(out)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&correlation) {
-        resp.headers_mut().insert(CORRELATION_ID, v);
-    }
-    Ok(resp)
+    Ok(accepted(out, job.job_id.0, false, &correlation))
 }
 
 pub fn job_json(v: &JobView) -> serde_json::Value {
@@ -327,6 +444,92 @@ pub async fn get_result(
     Ok(Json(result_json(&view)))
 }
 
+/// Default and largest page of `GET /bd/jobs`.
+pub const DEFAULT_PAGE: i64 = 20;
+pub const MAX_PAGE: i64 = 100;
+
+/// A page cursor: 48 lower-case hex digits, the creation time (microseconds since the epoch, 64
+/// bits) and the id of the last job of the previous page. Opaque to clients; any value of that
+/// form is a position (one far outside the calendar is clamped to its end), so a well-formed
+/// cursor is never refused.
+pub fn encode_cursor(c: &db::jobs::ListCursor) -> String {
+    let micros = c.created_at.timestamp_micros();
+    format!("{}{}", hex::encode(micros.to_be_bytes()), c.job_id.simple())
+}
+
+pub fn decode_cursor(s: &str) -> Option<db::jobs::ListCursor> {
+    if s.len() != 48 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let micros = i64::from_be_bytes(hex::decode(&s[..16]).ok()?.try_into().ok()?);
+    // Postgres stores years 4713 BC to 294276 AD; keep to 0001..9999, which orders the same.
+    let min = DateTime::parse_from_rfc3339("0001-01-01T00:00:00Z")
+        .ok()?
+        .timestamp_micros();
+    let max = DateTime::parse_from_rfc3339("9999-12-31T23:59:59Z")
+        .ok()?
+        .timestamp_micros();
+    let created_at = DateTime::from_timestamp_micros(micros.clamp(min, max))?;
+    let job_id = Uuid::parse_str(&s[16..]).ok()?;
+    Some(db::jobs::ListCursor { created_at, job_id })
+}
+
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut limit = DEFAULT_PAGE;
+    let mut status = None;
+    let mut cursor = None;
+    for (name, value) in &params {
+        match name.as_str() {
+            "limit" => {
+                // `20.0` is the same number as `20` to JSON-minded clients.
+                limit = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|n| n.fract() == 0.0 && (1.0..=MAX_PAGE as f64).contains(n))
+                    .map(|n| n as i64)
+                    .ok_or_else(|| {
+                        ApiError::Unprocessable(format!(
+                            "limit: expected an integer from 1 to {MAX_PAGE}"
+                        ))
+                    })?
+            }
+            "status" => {
+                status = Some(JobStatus::parse(value).ok_or_else(|| {
+                    ApiError::Unprocessable(
+                        "status: expected one of pending, running, completed, failed, cancelled"
+                            .to_owned(),
+                    )
+                })?)
+            }
+            "cursor" => {
+                cursor = Some(decode_cursor(value).ok_or_else(|| {
+                    ApiError::Unprocessable(
+                        "cursor: not a cursor this API returned (pass next_cursor as it is)"
+                            .to_owned(),
+                    )
+                })?)
+            }
+            // Unknown parameters are ignored, as HTTP APIs customarily do.
+            _ => {}
+        }
+    }
+    let mut rows = db::jobs::list_views(&state.pool, &caller.0, status, cursor, limit + 1).await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|(_, c)| encode_cursor(c))
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "jobs": rows.iter().map(|(v, _)| job_json(v)).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
 fn extension(mime: &str) -> &'static str {
     match mime {
         "text/csv" => "csv",
@@ -335,9 +538,14 @@ fn extension(mime: &str) -> &'static str {
     }
 }
 
+/// Streams an asset from storage, never holding more than OpenDAL's chunk in memory. Answers
+/// HEAD with the headers alone, `If-None-Match` with 304, and one `Range` on a non-JSON asset
+/// with 206 (416 when it selects nothing); see `range` for what is served of other ranges.
 pub async fn get_asset(
     State(state): State<AppState>,
     caller: Caller,
+    method: Method,
+    headers: axum::http::HeaderMap,
     Path((job_id, asset_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let job = parse_job_id(&job_id)?;
@@ -345,22 +553,61 @@ pub async fn get_asset(
     let row = db::jobs::get_asset(&state.pool, &caller.0, job, &asset)
         .await?
         .ok_or(ApiError::NotFound("asset not found"))?;
-    let reader = state
-        .storage
-        .reader(&row.storage_key)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    let stream = reader
-        .into_bytes_stream(..)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    let filename = format!("{}-{}.{}", asset, job, extension(&row.mime_type));
-    let mut resp = Response::new(Body::from_stream(stream));
-    let h = resp.headers_mut();
     let hv = |s: &str| HeaderValue::from_str(s).map_err(|e| ApiError::Internal(e.into()));
+    let header_text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let etag = format!("\"{}\"", row.sha256);
+    let len = row.size_bytes.max(0) as u64;
+
+    if range::none_match(header_text(header::IF_NONE_MATCH), &etag) {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        resp.headers_mut().insert(header::ETAG, hv(&etag)?);
+        return Ok(resp);
+    }
+    // A slice of a JSON document is not JSON, and a client told `application/json` will try to
+    // parse it: JSON assets are always sent whole (`Accept-Ranges: none`), which RFC 9110 allows.
+    // Ranges serve the formats that survive slicing (the CSV), for resumed downloads.
+    let ranges = !row.mime_type.starts_with("application/json");
+    let selection = if ranges && range::if_range_allows(header_text(header::IF_RANGE), &etag) {
+        range::select(header_text(header::RANGE), len)
+    } else {
+        range::Selection::Full
+    };
+    let (status, start, end) = match selection {
+        range::Selection::Full => (StatusCode::OK, 0, len),
+        range::Selection::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end + 1),
+        range::Selection::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable(len)),
+    };
+    let body = if method == Method::HEAD || start == end {
+        Body::empty()
+    } else {
+        let reader = state
+            .storage
+            .reader(&row.storage_key)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let stream = reader
+            .into_bytes_stream(start..end)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        Body::from_stream(stream)
+    };
+    let filename = format!("{}-{}.{}", asset, job, extension(&row.mime_type));
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, hv(&row.mime_type)?);
-    h.insert(header::CONTENT_LENGTH, hv(&row.size_bytes.to_string())?);
-    h.insert(header::ETAG, hv(&format!("\"{}\"", row.sha256))?);
+    h.insert(header::CONTENT_LENGTH, hv(&(end - start).to_string())?);
+    if status == StatusCode::PARTIAL_CONTENT {
+        h.insert(
+            header::CONTENT_RANGE,
+            hv(&format!("bytes {start}-{}/{len}", end - 1))?,
+        );
+    }
+    h.insert(
+        header::ACCEPT_RANGES,
+        HeaderValue::from_static(if ranges { "bytes" } else { "none" }),
+    );
+    h.insert(header::ETAG, hv(&etag)?);
     h.insert(
         header::CONTENT_DISPOSITION,
         hv(&format!("attachment; filename=\"{filename}\""))?,
@@ -444,5 +691,43 @@ mod tests {
             assert!(Uuid::parse_str(&id).is_ok(), "{id}");
         }
         assert_ne!(correlation_id(&headers(&[])), correlation_id(&headers(&[])));
+    }
+
+    #[test]
+    fn a_cursor_survives_the_round_trip_to_the_microsecond() {
+        let c = db::jobs::ListCursor {
+            created_at: DateTime::from_timestamp_micros(1_790_000_000_123_456).unwrap(),
+            job_id: Uuid::now_v7(),
+        };
+        let s = encode_cursor(&c);
+        assert_eq!(s.len(), 48);
+        assert_eq!(decode_cursor(&s), Some(c));
+    }
+
+    #[test]
+    fn any_well_formed_cursor_is_a_position_and_others_are_refused() {
+        assert!(decode_cursor(&"f".repeat(48)).is_some());
+        assert!(decode_cursor(&"0".repeat(48)).is_some());
+        assert!(decode_cursor(&"F".repeat(48)).is_none());
+        assert!(decode_cursor("abc").is_none());
+        assert!(decode_cursor(&"g".repeat(48)).is_none());
+    }
+
+    #[test]
+    fn an_idempotency_key_is_visible_ascii_of_at_most_255_bytes() {
+        let headers = |v: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert("idempotency-key", HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert_eq!(
+            idempotency_key(&headers("order 1")).unwrap().as_deref(),
+            Some("order 1")
+        );
+        assert!(idempotency_key(&axum::http::HeaderMap::new())
+            .unwrap()
+            .is_none());
+        assert!(idempotency_key(&headers(&"k".repeat(256))).is_err());
+        assert!(idempotency_key(&headers("tab\there")).is_err());
     }
 }

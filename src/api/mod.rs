@@ -1,12 +1,18 @@
 //! The API role: a thin axum server over the read model, plus the outbox relay that makes sure
-//! every accepted job's command reaches the broker.
+//! every accepted job's command reaches the broker. The server is hyper's HTTP/1.1 connection
+//! builder rather than `axum::serve`, for the header-read timeout against slow clients.
 
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod jobs;
+pub mod limits;
+pub mod metrics;
+pub mod range;
 
 use crate::adapters::broker::{Outgoing, Publisher};
 use crate::adapters::db;
+use crate::config::ApiLimits;
 use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -22,14 +28,37 @@ use tokio_util::sync::CancellationToken;
 /// The OpenAPI 3 document of this API (hand-written; a test checks it against the router).
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// Largest accepted request body: 10,000 records fit comfortably.
-pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Default largest request body: 10,000 records fit comfortably. `BDJOBS_MAX_BODY_BYTES`.
+pub const MAX_BODY_BYTES: usize = ApiLimits::DEFAULT.max_body_bytes;
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: Pool,
     pub storage: Operator,
     pub publisher: Arc<Publisher>,
+    pub guard: Arc<limits::Guard>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Cancelled when the server stops: ends open event streams, which would otherwise hold
+    /// graceful shutdown until their jobs finish.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(
+        pool: Pool,
+        storage: Operator,
+        publisher: Arc<Publisher>,
+        limits: &ApiLimits,
+    ) -> Self {
+        Self {
+            pool,
+            storage,
+            publisher,
+            guard: Arc::new(limits::Guard::new(limits)),
+            metrics: Arc::new(metrics::Metrics::default()),
+            shutdown: CancellationToken::new(),
+        }
+    }
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -46,18 +75,24 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+/// Ready when the database answers a query and the broker a channel, each within 2 s.
 async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(|_| ApiError::Unavailable("database unreachable"))?;
-    client
-        .simple_query("SELECT 1")
-        .await
-        .map_err(|_| ApiError::Unavailable("database unreachable"))?;
+    let limit = Duration::from_secs(2);
+    let database = async {
+        let client = state.pool.get().await.ok()?;
+        client.simple_query("SELECT 1").await.ok()
+    };
+    if !matches!(tokio::time::timeout(limit, database).await, Ok(Some(_))) {
+        return Err(ApiError::Unavailable("database unreachable"));
+    }
+    if !matches!(
+        tokio::time::timeout(limit, state.publisher.ping()).await,
+        Ok(Ok(()))
+    ) {
+        return Err(ApiError::Unavailable("broker unreachable"));
+    }
     Ok(Json(serde_json::json!({"status": "ready"})))
 }
 
@@ -70,23 +105,42 @@ async fn method_not_allowed() -> ApiError {
 }
 
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/bd/jobs", post(jobs::create_job))
+    let body_limit = state.guard.limits.max_body_bytes;
+    // The capacity limits guard the BD endpoints only: health checks and scrapes must keep
+    // answering when the API is saturated, or an orchestrator restarts a busy server.
+    let bd = Router::new()
+        .route("/bd/jobs", post(jobs::create_job).get(jobs::list_jobs))
         .route("/bd/jobs/{job_id}", get(jobs::get_job))
         .route("/bd/jobs/{job_id}/result", get(jobs::get_result))
         .route("/bd/jobs/{job_id}/cancel", post(jobs::cancel_job))
+        .route("/bd/jobs/{job_id}/events", get(events::job_events))
+        // `get` answers HEAD too (axum drops the body); the handler skips storage for it.
         .route("/bd/jobs/{job_id}/assets/{asset_id}", get(jobs::get_asset))
-        .route("/openapi.json", get(openapi));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::admission,
+        ));
+    let v1 = bd.route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", v1)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Innermost first: the body limit, the JSON-error net over everything, then timing
+        // (which sees the final status).
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::Extension(jobs::BodyLimit(body_limit)))
+        .layer(axum::middleware::from_fn(limits::json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
                 |req: &axum::http::Request<_>| {
+                    // The path, never the headers: the Authorization header stays out of logs.
                     tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), tenant = tracing::field::Empty)
                 },
             ),
@@ -94,21 +148,63 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How long in-flight requests get to finish after shutdown is asked.
+const DRAIN: Duration = Duration::from_secs(10);
+
 /// Serves until `shutdown`, then drains in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
     let relay = tokio::spawn(outbox_relay(
         state.pool.clone(),
         state.publisher.clone(),
         shutdown.clone(),
     ));
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    let header_timeout = Duration::from_secs(state.guard.limits.header_read_timeout_secs.max(1));
+    let streams = state.shutdown.clone();
+    let app = router(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true);
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    streams.cancel();
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections were still open after {DRAIN:?}; closing them");
+    }
     shutdown.cancel();
     let _ = relay.await;
     tracing::info!("api stopped");

@@ -10,13 +10,38 @@ pub const MAX_RECORDS: usize = 10_000;
 /// Longest accepted text field, in characters.
 pub const MAX_FIELD_CHARS: usize = 512;
 
+/// Reads an optional count that JSON may spell `12` or `12.0`: JSON (and JSON Schema's
+/// `integer`) does not tell the two apart, so neither may the API. A fraction, a negative or a
+/// value past `u32` is refused.
+pub fn lenient_opt_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => {
+            if let Some(u) = n.as_u64() {
+                return u32::try_from(u).map(Some).map_err(|_| {
+                    D::Error::custom(format!("{n} is out of range (0 to 4294967295)"))
+                });
+            }
+            match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&f) => {
+                    Ok(Some(f as u32))
+                }
+                _ => Err(D::Error::custom(format!(
+                    "expected a whole number from 0 to 4294967295, got {n}"
+                ))),
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RawCompany {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
     pub domain: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_u32")]
     pub employee_count: Option<u32>,
     #[serde(default)]
     pub industry: Option<String>,
@@ -251,6 +276,24 @@ impl RawInput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_count_may_be_spelled_as_a_whole_float_but_not_as_a_fraction() {
+        let read = |v: serde_json::Value| serde_json::from_value::<RawCompany>(v);
+        let c = read(serde_json::json!({"domain": "a.example", "employee_count": 12.0})).unwrap();
+        assert_eq!(c.employee_count, Some(12));
+        let c = read(serde_json::json!({"domain": "a.example", "employee_count": null})).unwrap();
+        assert_eq!(c.employee_count, None);
+        for bad in [
+            serde_json::json!(1.5),
+            serde_json::json!(-1),
+            serde_json::json!(4294967296u64),
+        ] {
+            assert!(
+                read(serde_json::json!({"domain": "a.example", "employee_count": bad})).is_err()
+            );
+        }
+    }
 
     fn company(domain: &str) -> RawCompany {
         RawCompany {

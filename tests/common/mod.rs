@@ -235,15 +235,16 @@ pub fn demo_job() -> Value {
 
 /// An API alone (no worker, no projector): jobs it accepts stay pending.
 pub async fn api_only(res: &Resources) -> (String, CancellationToken) {
-    let state = bdjobs::api::AppState {
-        pool: res.pool.clone(),
-        storage: bdjobs::adapters::storage::operator(&res.config.assets_location()).unwrap(),
-        publisher: std::sync::Arc::new(bdjobs::adapters::broker::Publisher::new(
+    let state = bdjobs::api::AppState::new(
+        res.pool.clone(),
+        bdjobs::adapters::storage::operator(&res.config.assets_location()).unwrap(),
+        std::sync::Arc::new(bdjobs::adapters::broker::Publisher::new(
             &res.config.amqp_url,
             "test-api",
             res.topology(),
         )),
-    };
+        &res.config.api,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();

@@ -115,8 +115,22 @@ pub async fn create_job(
 ) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    insert_event(&tx, created).await?;
-    insert_view(&tx, view).await?;
+    insert_job(&tx, created, view, command, routing_key, correlation_id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The writes of [`create_job`], inside the caller's transaction.
+pub async fn insert_job(
+    tx: &impl GenericClient,
+    created: &RawEnvelope,
+    view: &JobView,
+    command: &RawEnvelope,
+    routing_key: &str,
+    correlation_id: Option<&str>,
+) -> Result<(), DbError> {
+    insert_event(tx, created).await?;
+    insert_view(tx, view).await?;
     let body = serde_json::to_vec(command).expect("envelopes serialise");
     tx.execute(
         "INSERT INTO outbox (message_id, job_id, routing_key, body, correlation_id)
@@ -130,7 +144,6 @@ pub async fn create_job(
         ],
     )
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 
@@ -403,4 +416,77 @@ pub async fn lock_events_for_append(tx: &impl GenericClient) -> Result<(), DbErr
     tx.batch_execute("LOCK TABLE events IN ROW EXCLUSIVE MODE")
         .await?;
     Ok(())
+}
+
+/// Where a page of a tenant's job list starts: after the job with this creation time and id
+/// (the order of the `jobs_tenant_created` index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub job_id: Uuid,
+}
+
+/// Up to `limit` of the tenant's jobs, newest first, optionally of one status, starting after
+/// `after`. Each view comes with the cursor that points just past it.
+pub async fn list_views(
+    pool: &Pool,
+    tenant: &TenantId,
+    status: Option<JobStatus>,
+    after: Option<ListCursor>,
+    limit: i64,
+) -> Result<Vec<(JobView, ListCursor)>, DbError> {
+    let client = pool.get().await?;
+    let status = status.map(|s| s.as_str());
+    let (after_at, after_id) = match after {
+        Some(c) => (Some(c.created_at), Some(c.job_id)),
+        None => (None, None),
+    };
+    client
+        .query(
+            "SELECT view, created_at, job_id FROM jobs
+             WHERE tenant = $1
+               AND ($2::text IS NULL OR status = $2)
+               AND ($3::timestamptz IS NULL OR (created_at, job_id) < ($3, $4::uuid))
+             ORDER BY created_at DESC, job_id DESC
+             LIMIT $5",
+            &[&tenant.as_str(), &status, &after_at, &after_id, &limit],
+        )
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok((
+                view_from_json(r.get(0))?,
+                ListCursor {
+                    created_at: r.get(1),
+                    job_id: r.get(2),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// How many jobs there are of each status, over all tenants (for `/metrics`).
+pub async fn count_by_status(pool: &Pool) -> Result<Vec<(String, i64)>, DbError> {
+    let client = pool.get().await?;
+    Ok(client
+        .query("SELECT status, count(*) FROM jobs GROUP BY status", &[])
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// How late the projector is, in seconds: the largest gap between an event's occurrence (the
+/// worker's clock) and its application (the database's clock) over the events applied in the
+/// last minute; 0 when none were. A backlog shows as the projector queue's depth.
+pub async fn projector_lag_seconds(pool: &Pool) -> Result<f64, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT coalesce(extract(epoch FROM max(recorded_at - occurred_at))::float8, 0)
+             FROM events WHERE recorded_at > now() - interval '1 minute'",
+            &[],
+        )
+        .await?;
+    Ok(row.get::<_, f64>(0).max(0.0))
 }

@@ -40,9 +40,89 @@ pub async fn create_key(pool: &Pool, tenant: &TenantId) -> Result<NewKey, DbErro
     Ok(NewKey { key_id, secret })
 }
 
-/// The tenant of a live key. The lookup is by hash, so the secret is never compared byte by
+/// A key as `keys list` shows it: everything but the secret (which is not stored anyway).
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub key_id: Uuid,
+    pub tenant: String,
+    pub prefix: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The tenant's keys, oldest first.
+pub async fn list_keys(pool: &Pool, tenant: &TenantId) -> Result<Vec<KeyInfo>, DbError> {
+    let client = pool.get().await?;
+    Ok(client
+        .query(
+            "SELECT key_id, tenant, prefix, created_at, last_used_at, revoked_at FROM api_keys
+             WHERE tenant = $1 ORDER BY created_at, key_id",
+            &[&tenant.as_str()],
+        )
+        .await?
+        .into_iter()
+        .map(|r| KeyInfo {
+            key_id: r.get(0),
+            tenant: r.get(1),
+            prefix: r.get(2),
+            created_at: r.get(3),
+            last_used_at: r.get(4),
+            revoked_at: r.get(5),
+        })
+        .collect())
+}
+
+pub enum Revoked {
+    Now(KeyInfo),
+    Already(KeyInfo),
+    NoSuchKey,
+}
+
+/// Revokes a key: from the next request on it gets 401. Revoking twice keeps the first time.
+pub async fn revoke_key(pool: &Pool, key_id: Uuid) -> Result<Revoked, DbError> {
+    let client = pool.get().await?;
+    let updated = client
+        .execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",
+            &[&key_id],
+        )
+        .await?;
+    let row = client
+        .query_opt(
+            "SELECT key_id, tenant, prefix, created_at, last_used_at, revoked_at FROM api_keys
+             WHERE key_id = $1",
+            &[&key_id],
+        )
+        .await?;
+    let Some(r) = row else {
+        return Ok(Revoked::NoSuchKey);
+    };
+    let info = KeyInfo {
+        key_id: r.get(0),
+        tenant: r.get(1),
+        prefix: r.get(2),
+        created_at: r.get(3),
+        last_used_at: r.get(4),
+        revoked_at: r.get(5),
+    };
+    Ok(if updated == 1 {
+        Revoked::Now(info)
+    } else {
+        Revoked::Already(info)
+    })
+}
+
+/// An authenticated key: its id (what rate limits count by) and its tenant.
+#[derive(Debug, Clone)]
+pub struct KeyOwner {
+    pub key_id: Uuid,
+    pub tenant: TenantId,
+}
+
+/// The owner of a live key. The lookup is by hash, so the secret is never compared byte by
 /// byte in a way that leaks timing; the stored hash is compared again in constant time.
-pub async fn authenticate(pool: &Pool, secret: &str) -> Result<Option<TenantId>, DbError> {
+pub async fn authenticate(pool: &Pool, secret: &str) -> Result<Option<KeyOwner>, DbError> {
     use subtle::ConstantTimeEq;
     let hash = hash_key(secret);
     let client = pool.get().await?;
@@ -70,7 +150,7 @@ pub async fn authenticate(pool: &Pool, secret: &str) -> Result<Option<TenantId>,
         .await?;
     let tenant: String = row.get(1);
     TenantId::parse(&tenant)
-        .map(Some)
+        .map(|tenant| Some(KeyOwner { key_id, tenant }))
         .map_err(|e| DbError::Corrupt(e.to_string()))
 }
 

@@ -4,6 +4,7 @@
 
 pub mod directory;
 pub mod events;
+pub mod idempotency;
 pub mod jobs;
 pub mod keys;
 
@@ -118,7 +119,7 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
 }
 
 /// The migrations, in order. Embedded so the binary carries its own schema.
-pub const MIGRATIONS: [(&str, &str); 5] = [
+pub const MIGRATIONS: [(&str, &str); 6] = [
     (
         "0001_init",
         include_str!("../../../migrations/0001_init.sql"),
@@ -138,6 +139,10 @@ pub const MIGRATIONS: [(&str, &str); 5] = [
     (
         "0005_replay",
         include_str!("../../../migrations/0005_replay.sql"),
+    ),
+    (
+        "0006_idempotency",
+        include_str!("../../../migrations/0006_idempotency.sql"),
     ),
 ];
 

@@ -20,9 +20,9 @@ pub struct IcpConfig {
     pub industries: Vec<String>,
     #[serde(default)]
     pub countries: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::input::lenient_opt_u32")]
     pub min_employees: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::input::lenient_opt_u32")]
     pub max_employees: Option<u32>,
     #[serde(default)]
     pub keywords: Vec<String>,
@@ -42,14 +42,18 @@ impl IcpConfig {
                 ))
             }
         }
-        if let (Some(lo), Some(hi)) = (self.min_employees, self.max_employees) {
-            if lo > hi {
-                return Err(format!(
-                    "icp_config.min_employees ({lo}) is greater than max_employees ({hi})"
-                ));
-            }
-        }
         Ok(())
+    }
+
+    /// An empty head-count range is legal (JSON Schema cannot refuse it, so the API does not
+    /// either) but surely a mistake: the job says so in a warning.
+    pub fn range_warning(&self) -> Option<String> {
+        match (self.applies(), self.min_employees, self.max_employees) {
+            (true, Some(lo), Some(hi)) if lo > hi => Some(format!(
+                "icp_config.min_employees ({lo}) is greater than max_employees ({hi}): no company with a known head count can pass qualification"
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -67,7 +71,7 @@ pub struct ExecutionOptions {
     /// `manager`, `senior`, `entry`).
     #[serde(default)]
     pub seniorities: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::input::lenient_opt_u32")]
     pub max_contacts_per_company: Option<u32>,
 }
 
