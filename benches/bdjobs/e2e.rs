@@ -42,6 +42,18 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
     )
     .await
     .context("warm-up")?;
+    // Unloaded: one client, one job at a time, polling often: the path's own latency.
+    let mut alone = client::run_jobs(
+        &http,
+        &base,
+        &key,
+        &JobLoad {
+            jobs: 20,
+            clients: 1,
+            poll: Duration::from_millis(2),
+        },
+    )
+    .await?;
     eprintln!("   {jobs} jobs from {CLIENTS} clients...");
     let mut load = client::run_jobs(
         &http,
@@ -116,6 +128,15 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
             POLL.as_millis()
         ),
         format!("p50 {} / p99 {}", ms(p50), ms(p99)),
+    ));
+    report.add(Row::new(
+        "e2e",
+        "latency of one job alone (1 client, polling every 2 ms), 20 jobs",
+        format!(
+            "p50 {} / max {}",
+            ms(quantile(&mut alone.latencies, 0.5)),
+            ms(quantile(&mut alone.latencies, 1.0))
+        ),
     ));
     Ok(())
 }

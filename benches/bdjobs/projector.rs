@@ -109,6 +109,16 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
     projector.await??;
     let projector_rate = events as f64 / took.as_secs_f64();
 
+    // The projector's step alone, without the broker: another set of the same jobs, applied
+    // one event after another as the consumer loop does.
+    let second = fixtures::record_jobs(&env.pool, &sources, jobs).await?;
+    let store = bdjobs::adapters::storage::operator(&env.config.assets_location())?;
+    let t = Instant::now();
+    for (j, k) in interleaved(&second) {
+        bdjobs::projector::apply(&env.pool, &store, &second[j].events[k]).await?;
+    }
+    let step_rate = events as f64 / t.elapsed().as_secs_f64();
+
     // The baseline's rows: each event, and the job's view once it is applied.
     let mut views: Vec<_> = recorded.iter().map(|r| r.view.clone()).collect();
     let mut rows = Vec::with_capacity(events);
@@ -160,8 +170,15 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
 
     reset(&mut client, &initial).await?;
     let t = Instant::now();
-    one_per_transaction(&mut client, &rows).await?;
+    one_per_transaction(&mut client, &rows, true).await?;
     let single_rate = events as f64 / t.elapsed().as_secs_f64();
+
+    // The same with statements sent as text each time, as `db::jobs` does: tokio-postgres
+    // then prepares every statement again (one more round trip per statement).
+    reset(&mut client, &initial).await?;
+    let t = Instant::now();
+    one_per_transaction(&mut client, &rows, false).await?;
+    let unprepared_rate = events as f64 / t.elapsed().as_secs_f64();
 
     reset(&mut client, &initial).await?;
     let t = Instant::now();
@@ -188,6 +205,28 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
         format!("raw SQL, {BATCH} events/tx: {} ev/s", num(batched_rate)),
         projector_rate / batched_rate,
     ));
+    report.add(
+        Row::new(
+            "projector",
+            "raw SQL, 1 event/tx, statements re-prepared each time, ev/s",
+            num(unprepared_rate),
+        )
+        .baseline(
+            format!("the same, prepared once: {} ev/s", num(single_rate)),
+            unprepared_rate / single_rate,
+        ),
+    );
+    report.add(
+        Row::new(
+            "projector",
+            "`projector::apply` step alone, no broker, ev/s",
+            num(step_rate),
+        )
+        .baseline(
+            format!("raw SQL, 1 event/tx: {} ev/s", num(single_rate)),
+            step_rate / single_rate,
+        ),
+    );
     Ok(())
 }
 
@@ -218,11 +257,20 @@ const UPSERT_VIEW: &str =
 async fn one_per_transaction(
     client: &mut deadpool_postgres::Client,
     rows: &[Written],
+    prepared: bool,
 ) -> anyhow::Result<()> {
     let insert = client.prepare(INSERT_EVENT).await?;
     let upsert = client.prepare(UPSERT_VIEW).await?;
     for r in rows {
         let tx = client.transaction().await?;
+        let (insert, upsert) = if prepared {
+            (insert.clone(), upsert.clone())
+        } else {
+            (
+                tx.prepare(INSERT_EVENT).await?,
+                tx.prepare(UPSERT_VIEW).await?,
+            )
+        };
         tx.execute(
             &insert,
             &[
