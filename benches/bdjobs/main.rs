@@ -139,7 +139,7 @@ fn main() -> std::process::ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,lapin=off".into()),
+                .unwrap_or_else(|_| "warn,lapin=off,deadpool=error".into()),
         )
         .with_writer(std::io::stderr)
         .try_init();
