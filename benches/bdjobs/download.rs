@@ -51,15 +51,16 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
     storage::put(&store, &key, data).await?;
     db::jobs::upsert_asset(&env.pool.get().await?, &env.tenant(), job, &asset, &row).await?;
 
-    let state = AppState {
-        pool: env.pool.clone(),
-        storage: store.clone(),
-        publisher: Arc::new(Publisher::new(
+    let state = AppState::new(
+        env.pool.clone(),
+        store.clone(),
+        Arc::new(Publisher::new(
             &env.config.amqp_url,
             "bench-api",
             env.topology(),
         )),
-    };
+        &env.config.api,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let url = format!("{base}/api/v1/bd/jobs/{job}/assets/{asset}");

@@ -100,7 +100,7 @@ pub async fn record_jobs(
     futures::stream::iter(0..n)
         .map(|i| async move {
             let r = record(i, sources).await?;
-            db::jobs::create_job(pool, &r.created, &r.view, &r.command, RUN_JOB_KEY).await?;
+            db::jobs::create_job(pool, &r.created, &r.view, &r.command, RUN_JOB_KEY, None).await?;
             Ok::<_, anyhow::Error>(r)
         })
         .buffer_unordered(16)

@@ -29,15 +29,16 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
     for e in &job.events {
         bdjobs::projector::apply(&env.pool, &store, e).await?;
     }
-    let state = AppState {
-        pool: env.pool.clone(),
-        storage: store,
-        publisher: Arc::new(Publisher::new(
+    let state = AppState::new(
+        env.pool.clone(),
+        store,
+        Arc::new(Publisher::new(
             &env.config.amqp_url,
             "bench-api",
             env.topology(),
         )),
-    };
+        &env.config.api,
+    );
     let body: Arc<OnceLock<Bytes>> = Arc::default();
     // Also the same bytes behind the API's bearer authentication: splits the cost of /result
     // into authenticating and loading the view.

@@ -67,6 +67,14 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
         ("BDJOBS_DNS_NAMESERVER", dns.addr().to_string()),
         ("BDJOBS_SMTP_PROBE", "off".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
+        (
+            "BDJOBS_RATE_LIMIT_PER_SEC",
+            c.api.rate_limit_per_sec.to_string(),
+        ),
+        (
+            "BDJOBS_RATE_LIMIT_BURST",
+            c.api.rate_limit_burst.to_string(),
+        ),
     ];
     let exe = env!("CARGO_BIN_EXE_bdjobs");
     let mut roles = Vec::new();
