@@ -221,6 +221,11 @@ pub struct ApiLimits {
     /// Requests one API key may send in a burst above the sustained rate.
     #[arg(long, env = "BDJOBS_RATE_LIMIT_BURST", default_value_t = ApiLimits::DEFAULT.rate_limit_burst, global = true)]
     pub rate_limit_burst: u32,
+
+    /// Seconds an API process trusts a key it has checked before asking the database again:
+    /// also how long a revoked key may still work. 0 checks every request.
+    #[arg(long, env = "BDJOBS_KEY_CACHE_SECS", default_value_t = ApiLimits::DEFAULT.key_cache_secs, global = true)]
+    pub key_cache_secs: u64,
 }
 
 impl ApiLimits {
@@ -233,6 +238,7 @@ impl ApiLimits {
         event_stream_max_secs: 3600,
         rate_limit_per_sec: 20.0,
         rate_limit_burst: 100,
+        key_cache_secs: 5,
     };
 }
 

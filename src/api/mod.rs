@@ -38,6 +38,7 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     pub guard: Arc<limits::Guard>,
     pub metrics: Arc<metrics::Metrics>,
+    pub keys: Arc<auth::KeyCache>,
     /// Cancelled when the server stops: ends open event streams, which would otherwise hold
     /// graceful shutdown until their jobs finish.
     pub shutdown: CancellationToken,
@@ -56,6 +57,9 @@ impl AppState {
             publisher,
             guard: Arc::new(limits::Guard::new(limits)),
             metrics: Arc::new(metrics::Metrics::default()),
+            keys: Arc::new(auth::KeyCache::new(std::time::Duration::from_secs(
+                limits.key_cache_secs,
+            ))),
             shutdown: CancellationToken::new(),
         }
     }

@@ -194,13 +194,10 @@ pub async fn get_view(
     job: JobId,
 ) -> Result<Option<JobView>, DbError> {
     let client = pool.get().await?;
-    match client
-        .query_opt(
-            "SELECT view FROM jobs WHERE job_id = $1 AND tenant = $2",
-            &[&job.0, &tenant.as_str()],
-        )
-        .await?
-    {
+    let stmt = client
+        .prepare_cached("SELECT view FROM jobs WHERE job_id = $1 AND tenant = $2")
+        .await?;
+    match client.query_opt(&stmt, &[&job.0, &tenant.as_str()]).await? {
         Some(row) => Ok(Some(view_from_json(row.get(0))?)),
         None => Ok(None),
     }
@@ -209,9 +206,10 @@ pub async fn get_view(
 /// The status alone, for a worker deciding whether a command is still worth running.
 pub async fn status(pool: &Pool, job: JobId) -> Result<Option<JobStatus>, DbError> {
     let client = pool.get().await?;
-    let row = client
-        .query_opt("SELECT status FROM jobs WHERE job_id = $1", &[&job.0])
+    let stmt = client
+        .prepare_cached("SELECT status FROM jobs WHERE job_id = $1")
         .await?;
+    let row = client.query_opt(&stmt, &[&job.0]).await?;
     Ok(row.and_then(|r| JobStatus::parse(r.get::<_, &str>(0))))
 }
 

@@ -123,31 +123,35 @@ pub struct KeyOwner {
 /// The owner of a live key. The lookup is by hash, so the secret is never compared byte by
 /// byte in a way that leaks timing; the stored hash is compared again in constant time.
 pub async fn authenticate(pool: &Pool, secret: &str) -> Result<Option<KeyOwner>, DbError> {
+    authenticate_hash(pool, &hash_key(secret)).await
+}
+
+/// [`authenticate`] for a key already hashed (the API's key cache is keyed by the hash, so the
+/// secret itself is never held longer than the request).
+pub async fn authenticate_hash(pool: &Pool, hash: &[u8]) -> Result<Option<KeyOwner>, DbError> {
     use subtle::ConstantTimeEq;
-    let hash = hash_key(secret);
     let client = pool.get().await?;
-    let Some(row) = client
-        .query_opt(
+    let stmt = client
+        .prepare_cached(
             "SELECT key_id, tenant, key_hash FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-            &[&hash],
         )
-        .await?
-    else {
+        .await?;
+    let Some(row) = client.query_opt(&stmt, &[&hash]).await? else {
         return Ok(None);
     };
     let stored: Vec<u8> = row.get(2);
-    if !bool::from(stored.ct_eq(&hash)) {
+    if !bool::from(stored.ct_eq(hash)) {
         return Ok(None);
     }
     let key_id: Uuid = row.get(0);
     // Once a minute at most, so that a busy key does not turn every read into a write.
-    client
-        .execute(
+    let touch = client
+        .prepare_cached(
             "UPDATE api_keys SET last_used_at = now()
              WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-            &[&key_id],
         )
         .await?;
+    client.execute(&touch, &[&key_id]).await?;
     let tenant: String = row.get(1);
     TenantId::parse(&tenant)
         .map(|tenant| Some(KeyOwner { key_id, tenant }))
