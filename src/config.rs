@@ -109,11 +109,12 @@ pub struct Config {
     )]
     pub worker_concurrency: u16,
 
-    /// Events one projector holds unacknowledged at once.
+    /// Events one projector holds unacknowledged at once, shared by the batches it applies
+    /// concurrently (4, each one transaction).
     #[arg(
         long,
         env = "BDJOBS_PROJECTOR_PREFETCH",
-        default_value_t = 32,
+        default_value_t = 512,
         global = true
     )]
     pub projector_prefetch: u16,

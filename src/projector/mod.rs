@@ -124,15 +124,46 @@ pub async fn sync_assets(
     view: &JobView,
     winner: &EventRecord,
 ) -> Result<(), ProjectorError> {
-    let Some(done) = deliverable_of(&winner.event) else {
-        db::jobs::delete_assets(tx, view.job_id).await?;
-        return Ok(());
-    };
-    let assets = render_assets(view, done);
-    put_assets(storage, &assets).await?;
-    for a in &assets {
-        db::jobs::upsert_asset(tx, &view.tenant, view.job_id, &a.asset_id, &a.row).await?;
+    sync_assets_many(tx, storage, &[(view, winner)]).await
+}
+
+/// [`sync_assets`] for many jobs: objects written concurrently, the index changed in one
+/// statement each way.
+pub async fn sync_assets_many(
+    tx: &impl deadpool_postgres::GenericClient,
+    storage: &Operator,
+    jobs: &[(&JobView, &EventRecord)],
+) -> Result<(), ProjectorError> {
+    use futures::stream::TryStreamExt;
+    let mut without = Vec::new();
+    let mut rendered = Vec::new();
+    for (view, winner) in jobs {
+        match deliverable_of(&winner.event) {
+            Some(done) => rendered.push((*view, render_assets(view, done))),
+            None => without.push(view.job_id.0),
+        }
     }
+    // Local disks and object stores both take parallel writes far better than a queue of them.
+    futures::stream::iter(
+        rendered
+            .iter()
+            .flat_map(|(_, assets)| assets.iter())
+            .map(Ok::<_, StorageError>),
+    )
+    .try_for_each_concurrent(32, |a| {
+        storage::put(storage, &a.row.storage_key, a.bytes.clone())
+    })
+    .await?;
+    db::jobs::delete_assets_of(tx, &without).await?;
+    let rows: Vec<_> = rendered
+        .iter()
+        .flat_map(|(view, assets)| {
+            assets
+                .iter()
+                .map(move |a| (&view.tenant, view.job_id, &a.asset_id, &a.row))
+        })
+        .collect();
+    db::jobs::upsert_assets(tx, &rows).await?;
     Ok(())
 }
 
@@ -262,15 +293,13 @@ pub async fn apply_batch(
         };
     }
     // Assets for every job whose winning terminal event arrived in this batch.
-    for id in &changed {
-        let view = &views[id];
-        if view.terminal_at == before[id] {
-            continue;
-        }
-        if let Some(winner) = winner(view, &records) {
-            sync_assets(&tx, storage, view, winner).await?;
-        }
-    }
+    let decided: Vec<(&JobView, &EventRecord)> = changed
+        .iter()
+        .map(|id| &views[id])
+        .filter(|view| view.terminal_at != before[&view.job_id])
+        .filter_map(|view| winner(view, &records).map(|w| (view, w)))
+        .collect();
+    sync_assets_many(&tx, storage, &decided).await?;
     let to_save: Vec<&JobView> = changed.iter().map(|id| &views[id]).collect();
     db::jobs::save_views(&tx, &to_save).await?;
     for i in created_here {
@@ -328,6 +357,9 @@ pub async fn apply_patiently(
         }
     }
 }
+
+/// How long a batch waits for more events after its first one.
+const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 #[derive(Clone)]
 pub struct ProjectorConfig {
@@ -404,23 +436,42 @@ async fn consume(
         config.prefetch,
     )
     .await?;
-    let max_batch = usize::from(config.prefetch.max(1));
-    loop {
+    // The prefetch window is shared by the batches in flight, so that each can fill up.
+    let max_batch = (usize::from(config.prefetch) / BATCHES_IN_FLIGHT).max(1);
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    let tasks = tokio_util::task::TaskTracker::new();
+    let ended = loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            p = in_flight.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
         let first = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => break Ok(()),
             d = consumer.next() => d,
         };
-        // Whatever else the broker has already delivered joins the batch; nothing waits for more.
+        // Whatever else arrives within a moment joins the batch: a couple of milliseconds of
+        // latency buy transactions of hundreds of events instead of a few.
         let mut deliveries = vec![first];
+        let linger = tokio::time::Instant::now() + BATCH_LINGER;
         while deliveries.len() < max_batch {
             match consumer.next().now_or_never() {
                 Some(d) => deliveries.push(d),
-                None => break,
+                None => match tokio::time::timeout_at(linger, consumer.next()).await {
+                    Ok(d) => deliveries.push(d),
+                    Err(_) => break,
+                },
             }
         }
         let mut batch = Vec::with_capacity(deliveries.len());
+        let mut failed = None;
         for d in deliveries {
-            let delivery = broker::delivery(d)?;
+            let delivery = match broker::delivery(d) {
+                Ok(d) => d,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             match RawEnvelope::from_slice(&delivery.data)
                 .and_then(|raw| EventRecord::from_raw(&raw).map(|_| raw))
             {
@@ -443,57 +494,81 @@ async fn consume(
                 }
             }
         }
+        if let Some(e) = failed {
+            break Err(e);
+        }
         if batch.is_empty() {
             continue;
         }
-        let raws: Vec<RawEnvelope> = batch.iter().map(|(_, raw)| raw.clone()).collect();
-        let span = tracing::debug_span!("events", count = raws.len());
-        match apply_patiently(pool, storage, &raws, shutdown)
-            .instrument(span)
-            .await
-        {
-            Ok(_) => {
-                // One multiple-ack settles the whole batch: every earlier delivery on this
-                // channel is already settled.
-                let (last, _) = batch.last().expect("non-empty batch");
-                last.acker.ack(BasicAckOptions { multiple: true }).await?;
+        let (pool, storage, shutdown) = (pool.clone(), storage.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = settle_batch(&pool, &storage, batch, &shutdown).await {
+                tracing::warn!(error = %e, "could not settle a batch; the broker will redeliver it");
             }
-            Err(e) if e.is_retryable() => {
-                // Only on shutdown: the events go back to the queue for the next projector.
-                for (d, _) in &batch {
-                    d.acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await?;
-                }
-                return Ok(());
+        });
+    };
+    // Batches in flight finish (or, on shutdown, go back to the queue) on this connection.
+    tasks.close();
+    tasks.wait().await;
+    ended
+}
+
+/// Batches applied at once by one projector: while one waits for its commit, the next is
+/// already being read and applied. Safe because the fold converges in any order and every
+/// batch takes its locks in the same order.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Applies one batch and settles its deliveries: acked after the commit, requeued on shutdown,
+/// and, if the batch as a whole cannot be applied, retried event by event so that only the
+/// event at fault is dead-lettered.
+async fn settle_batch(
+    pool: &Pool,
+    storage: &Operator,
+    batch: Vec<(lapin::message::Delivery, RawEnvelope)>,
+    shutdown: &CancellationToken,
+) -> Result<(), BrokerError> {
+    let raws: Vec<RawEnvelope> = batch.iter().map(|(_, raw)| raw.clone()).collect();
+    let span = tracing::debug_span!("events", count = raws.len());
+    match apply_patiently(pool, storage, &raws, shutdown)
+        .instrument(span)
+        .await
+    {
+        Ok(_) => {
+            // One by one: with several batches in flight, a multiple-ack could settle another
+            // batch's deliveries before its commit.
+            for (d, _) in &batch {
+                d.acker.ack(BasicAckOptions::default()).await?;
             }
-            Err(e) => {
-                // Something in the batch cannot be applied: find it by applying them one by one.
-                tracing::warn!(error = %e, "a batch failed; applying its events one at a time");
-                for (d, raw) in &batch {
-                    let span = tracing::info_span!("event", job_id = %raw.job_id, kind = %raw.kind);
-                    match apply(pool, storage, raw).instrument(span).await {
-                        Ok(_) => d.acker.ack(BasicAckOptions::default()).await?,
-                        Err(e) if e.is_retryable() => {
-                            d.acker
-                                .nack(BasicNackOptions {
-                                    requeue: true,
-                                    ..Default::default()
-                                })
-                                .await?
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, job_id = %raw.job_id, "dead-lettering an event that cannot be applied");
-                            d.acker
-                                .reject(BasicRejectOptions { requeue: false })
-                                .await?
-                        }
-                    };
-                }
+        }
+        Err(e) if e.is_retryable() => {
+            // Only on shutdown: the events go back to the queue for the next projector.
+            let deliveries: Vec<_> = batch.into_iter().map(|(d, _)| d).collect();
+            broker::release(&deliveries).await?;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "a batch failed; applying its events one at a time");
+            for (d, raw) in &batch {
+                let span = tracing::info_span!("event", job_id = %raw.job_id, kind = %raw.kind);
+                match apply(pool, storage, raw).instrument(span).await {
+                    Ok(_) => d.acker.ack(BasicAckOptions::default()).await?,
+                    Err(e) if e.is_retryable() => {
+                        d.acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await?
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, job_id = %raw.job_id, "dead-lettering an event that cannot be applied");
+                        d.acker
+                            .reject(BasicRejectOptions { requeue: false })
+                            .await?
+                    }
+                };
             }
         }
     }
+    Ok(())
 }

@@ -248,6 +248,49 @@ pub async fn upsert_asset(
     Ok(())
 }
 
+/// Indexes many assets in one statement (the projector's batches).
+pub async fn upsert_assets(
+    tx: &impl GenericClient,
+    rows: &[(&TenantId, JobId, &AssetId, &AssetRow)],
+) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let jobs: Vec<Uuid> = rows.iter().map(|r| r.1 .0).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    let tenants: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.3.storage_key.as_str()).collect();
+    let mimes: Vec<&str> = rows.iter().map(|r| r.3.mime_type.as_str()).collect();
+    let sizes: Vec<i64> = rows.iter().map(|r| r.3.size_bytes).collect();
+    let sums: Vec<&str> = rows.iter().map(|r| r.3.sha256.as_str()).collect();
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO assets (job_id, asset_id, tenant, storage_key, mime_type, size_bytes, sha256)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::int8[], $7::text[])
+             ON CONFLICT (job_id, asset_id) DO UPDATE
+             SET storage_key = EXCLUDED.storage_key, mime_type = EXCLUDED.mime_type,
+                 size_bytes = EXCLUDED.size_bytes, sha256 = EXCLUDED.sha256",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[&jobs, &ids, &tenants, &keys, &mimes, &sizes, &sums],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes the asset index of several jobs in one statement.
+pub async fn delete_assets_of(tx: &impl GenericClient, jobs: &[Uuid]) -> Result<u64, DbError> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    Ok(tx
+        .execute("DELETE FROM assets WHERE job_id = ANY($1)", &[&jobs])
+        .await?)
+}
+
 /// Removes a job's asset index (its objects stay in storage, unreachable through the API).
 pub async fn delete_assets(tx: &impl GenericClient, job: JobId) -> Result<u64, DbError> {
     Ok(tx
