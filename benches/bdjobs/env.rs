@@ -46,7 +46,12 @@ impl Env {
         config.amqp_url = AMQP.to_owned();
         config.namespace = format!("bdjobs_bench_{tag}_{}", &id[..12]);
         config.listen = "127.0.0.1:0".parse().expect("address");
-        config.assets = Some(format!("fs://{}", assets.path().display()));
+        // BDJOBS_BENCH_ASSETS=memory:// measures the system without the filesystem backend's
+        // fsync of every asset (roles in one process only: each builds its own memory store).
+        config.assets = Some(
+            std::env::var("BDJOBS_BENCH_ASSETS")
+                .unwrap_or_else(|_| format!("fs://{}", assets.path().display())),
+        );
         config.dns_nameserver = None;
         config.smtp_probe = Switch::Off;
         config.log_format = LogFormat::Text;
