@@ -17,16 +17,7 @@ async fn a_pending_job_is_cancelled_at_once_and_a_second_cancel_conflicts() {
     let (base, shutdown) = api_only(&res).await;
     let key = res.key("acme").await;
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(format!("{base}/api/v1/bd/jobs"))
-        .bearer_auth(&key)
-        .json(&one_contact())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = common::create_job(&base, &key, &one_contact()).await;
     let job_id = created["job_id"].as_str().unwrap();
     let cancel = format!("{base}/api/v1/bd/jobs/{job_id}/cancel");
 
@@ -130,16 +121,7 @@ async fn the_reaper_fails_a_job_that_nothing_works_on() {
     let (base, shutdown) = api_only(&res).await;
     let key = res.key("acme").await;
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(format!("{base}/api/v1/bd/jobs"))
-        .bearer_auth(&key)
-        .json(&one_contact())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = common::create_job(&base, &key, &one_contact()).await;
     let job_id = created["job_id"].as_str().unwrap();
     // A projector (whose reaper runs every second) but no worker: the job is never started.
     let projector = tokio::spawn({

@@ -282,16 +282,7 @@ async fn a_dead_lettered_command_is_listed_and_redriven_to_completion() {
     let res = Resources::new("dlq").await;
     let (base, shutdown) = common::api_only(&res).await;
     let key = res.key("acme").await;
-    let created: Value = reqwest::Client::new()
-        .post(format!("{base}/api/v1/bd/jobs"))
-        .bearer_auth(&key)
-        .json(&small_job(3))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = common::create_job(&base, &key, &small_job(3)).await;
     let job_id = created["job_id"].as_str().unwrap().to_owned();
 
     // Take the command off the jobs queue and reject it, as a consumer does with a bad message.

@@ -677,16 +677,7 @@ async fn an_event_stream_ends_at_its_maximum_age_and_watch_reconnects() {
     };
     let key = res.key("acme").await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let created: Value = http
-        .post(format!("{base}/api/v1/bd/jobs"))
-        .bearer_auth(&key)
-        .json(&small_job("ada@acme.example"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = common::create_job(&base, &key, &small_job("ada@acme.example")).await;
     let job = created["job_id"].as_str().unwrap();
     let mut resp = http
         .get(format!("{base}/api/v1/bd/jobs/{job}/events"))

@@ -60,9 +60,14 @@ async fn recorded_job(res: &Resources) -> (JobRef, RawEnvelope, Vec<RawEnvelope>
     .into_envelope(&job, Position::ORIGIN, Utc::now());
     let view = JobView::created(&EventRecord::from_raw(&created).unwrap()).unwrap();
     let cmd = run_job_command(&job, &run, Utc::now());
-    db::jobs::create_job(&res.pool, &created, &view, &cmd, RUN_JOB_KEY, None)
-        .await
-        .unwrap();
+    let new_job = db::jobs::NewJob {
+        created: &created,
+        view: &view,
+        command: &cmd,
+        routing_key: RUN_JOB_KEY,
+        correlation_id: None,
+    };
+    db::jobs::create_job(&res.pool, &new_job).await.unwrap();
     let dns = bdjobs::adapters::dns_stub::StubDns::start(
         "127.0.0.1:0".parse().unwrap(),
         common::demo_zone(),

@@ -100,7 +100,14 @@ pub async fn record_jobs(
     futures::stream::iter(0..n)
         .map(|i| async move {
             let r = record(i, sources).await?;
-            db::jobs::create_job(pool, &r.created, &r.view, &r.command, RUN_JOB_KEY, None).await?;
+            let job = db::jobs::NewJob {
+                created: &r.created,
+                view: &r.view,
+                command: &r.command,
+                routing_key: RUN_JOB_KEY,
+                correlation_id: None,
+            };
+            db::jobs::create_job(pool, &job).await?;
             Ok::<_, anyhow::Error>(r)
         })
         .buffer_unordered(16)

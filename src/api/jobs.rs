@@ -299,35 +299,22 @@ pub async fn create_job(
         created_at: ts(now),
     };
     let out = serde_json::to_value(&out).expect("the created body serialises");
+    let new_job = db::jobs::NewJob {
+        created: &created,
+        view: &view,
+        command: &command,
+        routing_key: RUN_JOB_KEY,
+        correlation_id: Some(&correlation),
+    };
     match &idem_key {
-        None => {
-            db::jobs::create_job(
-                &state.pool,
-                &created,
-                &view,
-                &command,
-                RUN_JOB_KEY,
-                Some(&correlation),
-            )
-            .await?
-        }
+        None => db::jobs::create_job(&state.pool, &new_job).await?,
         Some(key) => {
             let idem = db::idempotency::Idempotency {
                 key,
                 request_hash: &body_hash,
             };
-            match db::idempotency::create_job_once(
-                &state.pool,
-                &caller.0,
-                &idem,
-                &out,
-                &created,
-                &view,
-                &command,
-                RUN_JOB_KEY,
-                Some(&correlation),
-            )
-            .await?
+            match db::idempotency::create_job_once(&state.pool, &caller.0, &idem, &out, &new_job)
+                .await?
             {
                 db::idempotency::Outcome::Created => {}
                 // A concurrent request with the same key won the race.

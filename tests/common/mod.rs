@@ -251,3 +251,16 @@ pub async fn api_only(res: &Resources) -> (String, CancellationToken) {
     tokio::spawn(bdjobs::api::serve(listener, state, shutdown.clone()));
     (base, shutdown)
 }
+
+/// POSTs a job to the API at `base` and returns its 202 body.
+pub async fn create_job(base: &str, key: &str, body: &Value) -> Value {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/api/v1/bd/jobs"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "POST /api/v1/bd/jobs");
+    resp.json().await.unwrap()
+}

@@ -4,8 +4,6 @@
 
 use super::DbError;
 use crate::domain::ids::TenantId;
-use crate::domain::job::JobView;
-use crate::domain::messages::RawEnvelope;
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
@@ -48,17 +46,12 @@ pub async fn find(pool: &Pool, tenant: &TenantId, key: &str) -> Result<Option<St
 /// Creates the job (as `jobs::create_job`) and records the key, unless the key was recorded
 /// before. The key's row is written first: a concurrent request with the same key waits on it,
 /// then finds it taken and reads what the winner stored.
-#[allow(clippy::too_many_arguments)]
 pub async fn create_job_once(
     pool: &Pool,
     tenant: &TenantId,
     idem: &Idempotency<'_>,
     response: &serde_json::Value,
-    created: &RawEnvelope,
-    view: &JobView,
-    command: &RawEnvelope,
-    routing_key: &str,
-    correlation_id: Option<&str>,
+    job: &super::jobs::NewJob<'_>,
 ) -> Result<Outcome, DbError> {
     {
         let mut client = pool.get().await?;
@@ -71,14 +64,13 @@ pub async fn create_job_once(
                     &tenant.as_str(),
                     &idem.key,
                     &idem.request_hash,
-                    &view.job_id.0,
+                    &job.view.job_id.0,
                     response,
                 ],
             )
             .await?;
         if inserted == 1 {
-            super::jobs::insert_job(&tx, created, view, command, routing_key, correlation_id)
-                .await?;
+            super::jobs::insert_job(&tx, job).await?;
             tx.commit().await?;
             return Ok(Outcome::Created);
         }

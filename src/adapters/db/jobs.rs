@@ -102,33 +102,35 @@ pub async fn events_of_job(
     .collect()
 }
 
-/// A new job: its `job.created` event, its view and its `job.run` command (with the correlation
-/// id it is to be published with), all in one transaction, so that a job exists if and only if
-/// its command will be published.
-pub async fn create_job(
-    pool: &Pool,
-    created: &RawEnvelope,
-    view: &JobView,
-    command: &RawEnvelope,
-    routing_key: &str,
-    correlation_id: Option<&str>,
-) -> Result<(), DbError> {
+/// What creating a job writes: its `job.created` event, its view and its `job.run` command
+/// (with the routing key and correlation id it is to be published with).
+pub struct NewJob<'a> {
+    pub created: &'a RawEnvelope,
+    pub view: &'a JobView,
+    pub command: &'a RawEnvelope,
+    pub routing_key: &'a str,
+    pub correlation_id: Option<&'a str>,
+}
+
+/// Writes a new job in one transaction, so that a job exists if and only if its command will be
+/// published.
+pub async fn create_job(pool: &Pool, job: &NewJob<'_>) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    insert_job(&tx, created, view, command, routing_key, correlation_id).await?;
+    insert_job(&tx, job).await?;
     tx.commit().await?;
     Ok(())
 }
 
 /// The writes of [`create_job`], inside the caller's transaction.
-pub async fn insert_job(
-    tx: &impl GenericClient,
-    created: &RawEnvelope,
-    view: &JobView,
-    command: &RawEnvelope,
-    routing_key: &str,
-    correlation_id: Option<&str>,
-) -> Result<(), DbError> {
+pub async fn insert_job(tx: &impl GenericClient, job: &NewJob<'_>) -> Result<(), DbError> {
+    let NewJob {
+        created,
+        view,
+        command,
+        routing_key,
+        correlation_id,
+    } = *job;
     insert_event(tx, created).await?;
     insert_view(tx, view).await?;
     let body = serde_json::to_vec(command).expect("envelopes serialise");
