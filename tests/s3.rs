@@ -2,8 +2,10 @@
 //! subprocess with its own root folder and access key. A job runs through the API, the projector
 //! writes its assets to the bucket with signed requests, and the API serves them back.
 //!
-//! The server is a required tool, not an optional one: without it these tests fail (install it
-//! with `cargo install s3s-fs@0.14.1 --features binary --locked`; `.ci/run` does so when missing).
+//! The server is a required tool, not an optional one. The tests use an installed copy when
+//! there is one (`.ci/run` installs it into Cargo's bin folder) and otherwise build one into
+//! `target/tools` first (`cargo install`, about two minutes, once), so that `cargo test` alone
+//! works on a fresh machine; if that fails, they fail and say how to install it.
 
 mod common;
 
@@ -18,7 +20,8 @@ use std::time::{Duration, Instant};
 const BUCKET: &str = "bdjobs-assets";
 const INSTALL: &str = "cargo install s3s-fs@0.14.1 --features binary --locked";
 
-/// Where the s3s-fs binary is: `$S3S_FS`, else Cargo's bin folder, else the PATH.
+/// Where the s3s-fs binary is: `$S3S_FS`, else Cargo's bin folder, else the PATH, else the
+/// copy these tests install under `target/tools` (installing it first if need be).
 fn s3s_fs_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("S3S_FS") {
         let path = PathBuf::from(path);
@@ -39,15 +42,55 @@ fn s3s_fs_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("s3s-fs")));
     }
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "the S3 tests need the s3s-fs server, which is not installed \
-                 (looked in $S3S_FS, $CARGO_HOME/bin and the PATH); install it with `{INSTALL}`"
-            )
+    candidates.push(local_install().join("bin").join("s3s-fs"));
+    if let Some(found) = candidates.into_iter().find(|p| p.is_file()) {
+        return found;
+    }
+    install()
+}
+
+/// Where the tests install s3s-fs themselves when no copy is found: beside the build, so a
+/// fresh machine needs nothing but `cargo test`.
+fn local_install() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("tools")
+}
+
+/// Builds s3s-fs from crates.io into `local_install()` (about two minutes, once per machine).
+/// The tests of this file share one attempt.
+fn install() -> PathBuf {
+    static INSTALLED: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let root = local_install();
+            eprintln!(
+                "s3s-fs is not installed: building it into {} (about two minutes)",
+                root.display()
+            );
+            let status = std::process::Command::new(env!("CARGO"))
+                .args([
+                    "install",
+                    "--locked",
+                    "s3s-fs@0.14.1",
+                    "--features",
+                    "binary",
+                    "--root",
+                ])
+                .arg(&root)
+                .status()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            let bin = root.join("bin").join("s3s-fs");
+            if status.success() && bin.is_file() {
+                Ok(bin)
+            } else {
+                Err(format!(
+                    "`cargo install` of s3s-fs failed ({status}); install it with `{INSTALL}`"
+                ))
+            }
         })
+        .clone()
+        .unwrap_or_else(|e| panic!("the S3 tests need the s3s-fs server: {e}"))
 }
 
 /// One s3s-fs process serving a temporary folder; killed (and the folder removed) on drop.
