@@ -39,7 +39,10 @@ async fn a_full_run_logs_neither_the_key_nor_the_authorization_header() {
         .with_ansi(false)
         .init();
 
-    let app = TestApp::start("secrets").await;
+    let mut res = common::Resources::new("secrets").await;
+    // The revoked key below must be refused at once, not after the key cache's 5 s.
+    res.config.api.key_cache_secs = 0;
+    let app = TestApp::start_with(res, common::demo_zone()).await;
     let key = app.res.key("acme").await;
     let resp = app
         .http
