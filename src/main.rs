@@ -164,7 +164,8 @@ enum KeysCommand {
         #[arg(long)]
         tenant: String,
     },
-    /// Revoke a key by id (from `keys list`): from its next request on it gets 401.
+    /// Revoke a key by id (from `keys list`): it gets 401 once each API process's key cache
+    /// lets it go (BDJOBS_KEY_CACHE_SECS, 5 s by default).
     Revoke {
         /// The key's id.
         key_id: uuid::Uuid,
@@ -368,7 +369,7 @@ async fn run(loaded: config::Loaded<Cli>) -> anyhow::Result<()> {
             {
                 db::keys::Revoked::Now(k) => {
                     println!(
-                        "revoked key {} ({}...) of tenant {}",
+                        "revoked key {} ({}...) of tenant {}; API processes refuse it within their key cache time (BDJOBS_KEY_CACHE_SECS)",
                         k.key_id, k.prefix, k.tenant
                     );
                     Ok(())
