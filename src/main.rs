@@ -197,11 +197,10 @@ enum DirectoryCommand {
     },
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,lapin=warn,hickory_resolver=warn,hickory_proto=warn")
-    });
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Colours only for a person at a terminal, not in files or log collectors.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -222,7 +221,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(loaded.cli.config.log_format);
+    // The demo talks to a person: its own lines, and the roles' warnings only (RUST_LOG=info
+    // shows everything). The roles log their work.
+    let default_filter = match loaded.cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info,lapin=warn,hickory_resolver=warn,hickory_proto=warn",
+    };
+    init_logging(loaded.cli.config.log_format, default_filter);
     if let Some(file) = &loaded.file {
         tracing::debug!(file = %file.display(), "read the config file");
     }
