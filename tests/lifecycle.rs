@@ -39,15 +39,7 @@ async fn a_pending_job_is_cancelled_at_once_and_a_second_cancel_conflicts() {
         .unwrap()
         .contains("already cancelled"));
 
-    let result: Value = http
-        .get(format!("{base}/api/v1/bd/jobs/{job_id}/result"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let result = common::get_json(&base, &key, &format!("/api/v1/bd/jobs/{job_id}/result")).await;
     assert_eq!(result["status"], "cancelled");
     assert!(result["result_id"].is_null());
     assert_eq!(result["result_assets"], json!([]));
@@ -120,7 +112,6 @@ async fn the_reaper_fails_a_job_that_nothing_works_on() {
     res.config.stuck_after_secs = 1;
     let (base, shutdown) = api_only(&res).await;
     let key = res.key("acme").await;
-    let http = reqwest::Client::new();
     let created = common::create_job(&base, &key, &one_contact()).await;
     let job_id = created["job_id"].as_str().unwrap();
     // A projector (whose reaper runs every second) but no worker: the job is never started.
@@ -130,15 +121,7 @@ async fn the_reaper_fails_a_job_that_nothing_works_on() {
     });
     let started = Instant::now();
     let job = loop {
-        let job: Value = http
-            .get(format!("{base}/api/v1/bd/jobs/{job_id}"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job = common::get_json(&base, &key, &format!("/api/v1/bd/jobs/{job_id}")).await;
         if job["status"] != "pending" {
             break job;
         }

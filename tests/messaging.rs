@@ -98,14 +98,7 @@ async fn a_job_accepted_while_the_broker_is_unreachable_is_published_by_the_outb
     assert_eq!(api::relay_once(&res.pool, &good, 0.0).await.unwrap(), 1);
     assert_eq!(outbox_rows(&res).await, 0);
 
-    let dns = bdjobs::adapters::dns_stub::StubDns::start(
-        "127.0.0.1:0".parse().unwrap(),
-        common::demo_zone(),
-    )
-    .await
-    .unwrap();
-    let mut config = res.config.clone();
-    config.dns_nameserver = Some(dns.addr());
+    let (_dns, config) = common::with_demo_dns(&res).await;
     let shutdown = CancellationToken::new();
     let w = tokio::spawn({
         let (c, p, s) = (config.clone(), res.pool.clone(), shutdown.clone());
@@ -332,14 +325,7 @@ async fn a_dead_lettered_command_is_listed_and_redriven_to_completion() {
     let (empty, _) = bdjobs_cli(&res, &["dlq", "list"]);
     assert!(!empty.contains(&job_id));
 
-    let dns = bdjobs::adapters::dns_stub::StubDns::start(
-        "127.0.0.1:0".parse().unwrap(),
-        common::demo_zone(),
-    )
-    .await
-    .unwrap();
-    let mut config = res.config.clone();
-    config.dns_nameserver = Some(dns.addr());
+    let (_dns, config) = common::with_demo_dns(&res).await;
     let worker = tokio::spawn({
         let (c, p, s) = (config.clone(), res.pool.clone(), shutdown.clone());
         async move {

@@ -264,3 +264,26 @@ pub async fn create_job(base: &str, key: &str, body: &Value) -> Value {
     assert_eq!(resp.status(), 202, "POST /api/v1/bd/jobs");
     resp.json().await.unwrap()
 }
+
+/// GETs `path` from the API at `base` and returns its 200 body.
+pub async fn get_json(base: &str, key: &str, path: &str) -> Value {
+    let resp = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "GET {path}");
+    resp.json().await.unwrap()
+}
+
+/// The test's configuration with the demo's DNS served from this process (keep the server
+/// alive as long as the roles run).
+pub async fn with_demo_dns(res: &Resources) -> (StubDns, Config) {
+    let dns = StubDns::start("127.0.0.1:0".parse().unwrap(), demo_zone())
+        .await
+        .unwrap();
+    let mut config = res.config.clone();
+    config.dns_nameserver = Some(dns.addr());
+    (dns, config)
+}

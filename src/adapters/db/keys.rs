@@ -52,6 +52,18 @@ pub struct KeyInfo {
 }
 
 /// The tenant's keys, oldest first.
+/// A row of `SELECT key_id, tenant, prefix, created_at, last_used_at, revoked_at`.
+fn key_info(r: &tokio_postgres::Row) -> KeyInfo {
+    KeyInfo {
+        key_id: r.get(0),
+        tenant: r.get(1),
+        prefix: r.get(2),
+        created_at: r.get(3),
+        last_used_at: r.get(4),
+        revoked_at: r.get(5),
+    }
+}
+
 pub async fn list_keys(pool: &Pool, tenant: &TenantId) -> Result<Vec<KeyInfo>, DbError> {
     let client = pool.get().await?;
     Ok(client
@@ -62,14 +74,7 @@ pub async fn list_keys(pool: &Pool, tenant: &TenantId) -> Result<Vec<KeyInfo>, D
         )
         .await?
         .into_iter()
-        .map(|r| KeyInfo {
-            key_id: r.get(0),
-            tenant: r.get(1),
-            prefix: r.get(2),
-            created_at: r.get(3),
-            last_used_at: r.get(4),
-            revoked_at: r.get(5),
-        })
+        .map(|r| key_info(&r))
         .collect())
 }
 
@@ -79,7 +84,8 @@ pub enum Revoked {
     NoSuchKey,
 }
 
-/// Revokes a key: from the next request on it gets 401. Revoking twice keeps the first time.
+/// Revokes a key: API processes refuse it once their key cache lets it go
+/// (`BDJOBS_KEY_CACHE_SECS`). Revoking twice keeps the first time.
 pub async fn revoke_key(pool: &Pool, key_id: Uuid) -> Result<Revoked, DbError> {
     let client = pool.get().await?;
     let updated = client
@@ -98,14 +104,7 @@ pub async fn revoke_key(pool: &Pool, key_id: Uuid) -> Result<Revoked, DbError> {
     let Some(r) = row else {
         return Ok(Revoked::NoSuchKey);
     };
-    let info = KeyInfo {
-        key_id: r.get(0),
-        tenant: r.get(1),
-        prefix: r.get(2),
-        created_at: r.get(3),
-        last_used_at: r.get(4),
-        revoked_at: r.get(5),
-    };
+    let info = key_info(&r);
     Ok(if updated == 1 {
         Revoked::Now(info)
     } else {
