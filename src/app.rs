@@ -59,7 +59,8 @@ pub fn sources(config: &Config, pool: &Pool) -> anyhow::Result<Sources> {
     };
     let mut sources = Sources::new(Arc::new(directory), Arc::new(dns))
         .with_cancel(Arc::new(PgCancelSignal(pool.clone())))
-        .with_job_timeout(Duration::from_secs(config.job_timeout_secs.max(1)));
+        .with_job_timeout(Duration::from_secs(config.job_timeout_secs.max(1)))
+        .with_progress_every(Duration::from_millis(config.progress_every_ms));
     if config.smtp_probe == Switch::On {
         sources = sources.with_smtp(Arc::new(TcpSmtpProber::new(
             config.smtp_port,

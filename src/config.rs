@@ -133,6 +133,17 @@ pub struct Config {
     )]
     pub job_timeout_secs: u64,
 
+    /// Least milliseconds between two progress events of one run; reports in between are
+    /// dropped (the next one sent carries the latest), and a run that ends sooner sends none.
+    /// 0 sends every report.
+    #[arg(
+        long,
+        env = "BDJOBS_PROGRESS_EVERY_MS",
+        default_value_t = 250,
+        global = true
+    )]
+    pub progress_every_ms: u64,
+
     /// A pending or running job whose progress has not changed for this many seconds is failed
     /// by the projector's reaper.
     #[arg(
@@ -227,6 +238,12 @@ pub struct ApiLimits {
     /// also how long a revoked key may still work. 0 checks every request.
     #[arg(long, env = "BDJOBS_KEY_CACHE_SECS", default_value_t = ApiLimits::DEFAULT.key_cache_secs, global = true)]
     pub key_cache_secs: u64,
+
+    /// Milliseconds an API process serves a finished job's status and result from memory before
+    /// reading it again: also how long a change to a finished job (a late failure overtaking
+    /// its completion) may take to show. Running jobs are always read fresh. 0 turns it off.
+    #[arg(long, env = "BDJOBS_VIEW_CACHE_MS", default_value_t = ApiLimits::DEFAULT.view_cache_ms, global = true)]
+    pub view_cache_ms: u64,
 }
 
 impl ApiLimits {
@@ -240,6 +257,7 @@ impl ApiLimits {
         rate_limit_per_sec: 20.0,
         rate_limit_burst: 100,
         key_cache_secs: 5,
+        view_cache_ms: 1000,
     };
 }
 

@@ -406,3 +406,50 @@ async fn the_openapi_document_is_served_without_a_key() {
     );
     app.stop().await;
 }
+
+/// A finished job's answers come from the API's memory for `BDJOBS_VIEW_CACHE_MS`: a change
+/// made behind the API's back (here, by hand in the read model) shows only after that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_jobs_answers_are_served_from_memory_for_the_view_cache_time() {
+    let mut res = common::Resources::new("vcache").await;
+    res.config.api.view_cache_ms = 1_500;
+    let app = TestApp::start_with(res, common::demo_zone()).await;
+    let key = app.res.key("acme").await;
+    let created: Value = app.post_job(&key, &demo_job()).await.json().await.unwrap();
+    let job_id = created["job_id"].as_str().unwrap().to_owned();
+    let last = app.wait(&key, &job_id).await.pop().unwrap();
+    assert_eq!(last["status"], "completed");
+    let result_path = format!("/api/v1/bd/jobs/{job_id}/result");
+    let result = app.get_json(&key, &result_path).await;
+
+    let changed_at = std::time::Instant::now();
+    app.res
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE jobs SET view = jsonb_set(view, '{progress_message}', '\"changed\"') \
+             WHERE job_id = $1::text::uuid",
+            &[&job_id],
+        )
+        .await
+        .unwrap();
+    let job_path = format!("/api/v1/bd/jobs/{job_id}");
+    let (job_now, result_now) = (
+        app.get_json(&key, &job_path).await,
+        app.get_json(&key, &result_path).await,
+    );
+    if changed_at.elapsed() < std::time::Duration::from_millis(1_000) {
+        assert_eq!(result_now, result, "served from memory");
+        assert_eq!(job_now["progress_message"], "Job complete.");
+    }
+    // Another tenant's key never gets the cached answer.
+    let stranger = app.res.key("globex").await;
+    assert_eq!(app.get(&stranger, &result_path).await.status(), 404);
+
+    tokio::time::sleep(std::time::Duration::from_millis(1_600)).await;
+    let after = app.get_json(&key, &result_path).await;
+    assert_eq!(after["progress_message"], "changed", "read again once the time is up");
+    assert_eq!(app.get_json(&key, &job_path).await["progress_message"], "changed");
+}

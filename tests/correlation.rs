@@ -117,7 +117,10 @@ fn assert_all_carry(messages: &[(String, Option<String>)], id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_commands_correlation_id_is_on_every_event_of_its_job_and_returned_to_the_client() {
-    let app = TestApp::start("corr").await;
+    // Every progress report is sent, so that progress events are among those checked.
+    let mut res = Resources::new("corr").await;
+    res.config.progress_every_ms = 0;
+    let app = TestApp::start_with(res, common::demo_zone()).await;
     let key = app.res.key("acme").await;
     let mut tap = Tap::new(&app.res).await;
 

@@ -3,6 +3,7 @@
 use super::auth::Caller;
 use super::error::ApiError;
 use super::range;
+use super::view_cache;
 use super::AppState;
 use crate::adapters::broker::{Outgoing, RUN_JOB_KEY};
 use crate::adapters::db;
@@ -373,9 +374,37 @@ pub async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
     Path(job_id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let view = load(&state, &caller, &job_id).await?;
-    Ok(Json(job_json(&view)))
+) -> Result<Response, ApiError> {
+    Ok(json_bytes(rendered(&state, &caller, &job_id).await?.job))
+}
+
+/// A job's two bodies: from the cache of finished jobs, or read and rendered (and kept, when
+/// the job has finished).
+async fn rendered(
+    state: &AppState,
+    caller: &Caller,
+    job_id: &str,
+) -> Result<view_cache::Rendered, ApiError> {
+    let id = parse_job_id(job_id)?;
+    let now = std::time::Instant::now();
+    if let Some(hit) = state.views.get(&caller.0, id, now) {
+        return Ok(hit);
+    }
+    let view = load(state, caller, job_id).await?;
+    let rendered = view_cache::Rendered::of(&view);
+    state.views.put(&view, &rendered, now);
+    Ok(rendered)
+}
+
+fn json_bytes(body: axum::body::Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// The seed's shape, field for field.
@@ -426,9 +455,8 @@ pub async fn get_result(
     State(state): State<AppState>,
     caller: Caller,
     Path(job_id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let view = load(&state, &caller, &job_id).await?;
-    Ok(Json(result_json(&view)))
+) -> Result<Response, ApiError> {
+    Ok(json_bytes(rendered(&state, &caller, &job_id).await?.result))
 }
 
 /// Default and largest page of `GET /bd/jobs`.
@@ -641,6 +669,7 @@ pub async fn cancel_job(
         crate::projector::append_and_fold(&tx, &mut view, &raw).await?;
     }
     tx.commit().await?;
+    state.views.forget(&caller.0, id);
     tracing::info!(job_id = %id, status = view.status.as_str(), "cancellation requested");
     Ok((StatusCode::ACCEPTED, Json(job_json(&view))).into_response())
 }

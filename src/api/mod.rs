@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod limits;
 pub mod metrics;
 pub mod range;
+pub mod view_cache;
 
 use crate::adapters::broker::{Outgoing, Publisher};
 use crate::adapters::db;
@@ -39,6 +40,7 @@ pub struct AppState {
     pub guard: Arc<limits::Guard>,
     pub metrics: Arc<metrics::Metrics>,
     pub keys: Arc<auth::KeyCache>,
+    pub views: Arc<view_cache::ViewCache>,
     /// Cancelled when the server stops: ends open event streams, which would otherwise hold
     /// graceful shutdown until their jobs finish.
     pub shutdown: CancellationToken,
@@ -59,6 +61,9 @@ impl AppState {
             metrics: Arc::new(metrics::Metrics::default()),
             keys: Arc::new(auth::KeyCache::new(std::time::Duration::from_secs(
                 limits.key_cache_secs,
+            ))),
+            views: Arc::new(view_cache::ViewCache::new(Duration::from_millis(
+                limits.view_cache_ms,
             ))),
             shutdown: CancellationToken::new(),
         }

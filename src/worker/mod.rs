@@ -149,6 +149,12 @@ impl EventSink for VecSink {
 }
 
 /// Numbers a run's events and turns stage progress into percentages.
+///
+/// Progress is sampled: at most one `job.progress` per `progress_every`, the latest report
+/// winning, and none at all for a run that ends sooner. A short job then costs the broker and the
+/// projector three messages (its command, `job.started`, its outcome) instead of one per stage
+/// and item, and nobody could have watched its percentages anyway. Warnings and outcomes are
+/// never held back.
 pub struct Reporter<'a> {
     job: JobRef,
     attempt: u32,
@@ -159,9 +165,13 @@ pub struct Reporter<'a> {
     stage: Capability,
     index: usize,
     stages: usize,
+    progress_every: std::time::Duration,
+    /// When the run's last progress (or its start) was sent.
+    progress_sent: std::time::Instant,
 }
 
 impl<'a> Reporter<'a> {
+    /// A reporter that sends every progress report (see [`Reporter::sampling`]).
     pub fn new(job: JobRef, attempt: u32, sink: &'a dyn EventSink) -> Self {
         Self {
             job,
@@ -172,7 +182,16 @@ impl<'a> Reporter<'a> {
             stage: Capability::DeliverableFinalize,
             index: 0,
             stages: 1,
+            progress_every: std::time::Duration::ZERO,
+            progress_sent: std::time::Instant::now(),
         }
+    }
+
+    /// Sends a progress report only when `every` has passed since the last one (or since the
+    /// run started); the reports in between are dropped, the next one sent carrying the latest.
+    pub fn sampling(mut self, every: std::time::Duration) -> Self {
+        self.progress_every = every;
+        self
     }
 
     pub async fn emit(&mut self, event: Event) -> Result<(), BrokerError> {
@@ -213,6 +232,11 @@ impl<'a> Reporter<'a> {
         message: String,
         items: Option<(usize, usize)>,
     ) -> Result<(), BrokerError> {
+        let now = std::time::Instant::now();
+        if now.duration_since(self.progress_sent) < self.progress_every {
+            return Ok(());
+        }
+        self.progress_sent = now;
         let percent = self.percent(fraction);
         self.emit(Event::Progress(Progress {
             stage: self.stage,
@@ -278,7 +302,7 @@ pub async fn process_one(
         job_id: command.job_id,
         tenant: command.tenant.clone(),
     };
-    let mut r = Reporter::new(job, attempt, sink);
+    let mut r = Reporter::new(job, attempt, sink).sampling(sources.progress_every);
     if attempt as i64 > broker::DELIVERY_LIMIT {
         r.emit(Event::Failed(Failed {
             error: format!(
@@ -510,4 +534,61 @@ async fn handle(
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::{JobId, TenantId};
+
+    fn job() -> JobRef {
+        JobRef {
+            job_id: JobId::new(),
+            tenant: TenantId::parse("acme").unwrap(),
+        }
+    }
+
+    async fn kinds(sink: &VecSink) -> Vec<String> {
+        sink.0.lock().await.iter().map(|e| e.kind.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_run_shorter_than_the_sampling_interval_sends_no_progress_but_every_warning() {
+        let sink = VecSink::default();
+        let mut r = Reporter::new(job(), 1, &sink).sampling(Duration::from_secs(3600));
+        r.stage("Verifying emails...".into()).await.unwrap();
+        r.item(1, 2, "Verifying").await.unwrap();
+        r.warn("one address is malformed".into()).await.unwrap();
+        r.item(2, 2, "Verifying").await.unwrap();
+        r.settle().await.unwrap();
+        assert_eq!(kinds(&sink).await, ["job.warning"]);
+    }
+
+    #[tokio::test]
+    async fn without_sampling_every_progress_report_is_sent_in_order() {
+        let sink = VecSink::default();
+        let mut r = Reporter::new(job(), 1, &sink);
+        r.stage("Verifying emails...".into()).await.unwrap();
+        r.item(1, 1, "Verifying").await.unwrap();
+        let events = sink.0.lock().await.clone();
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2],
+            "positions are consecutive"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_report_after_the_interval_is_sent_with_the_latest_figures() {
+        let sink = VecSink::default();
+        let mut r = Reporter::new(job(), 1, &sink).sampling(Duration::from_millis(20));
+        r.item(1, 4, "Verifying").await.unwrap();
+        r.item(2, 4, "Verifying").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        r.item(3, 4, "Verifying").await.unwrap();
+        let events = sink.0.lock().await.clone();
+        assert_eq!(events.len(), 1, "only the report after the interval");
+        assert_eq!(events[0].payload["done"], 3);
+    }
 }

@@ -30,6 +30,8 @@ pub struct Sources {
     /// A run that takes longer fails. Kept below RabbitMQ's consumer timeout (30 min by
     /// default), so that the broker never takes a job away from a worker still running it.
     pub job_timeout: Duration,
+    /// The least time between two progress events of one run (see `Reporter::sampling`).
+    pub progress_every: Duration,
 }
 
 impl Sources {
@@ -40,6 +42,7 @@ impl Sources {
             smtp: None,
             cancel: Arc::new(NeverCancel),
             job_timeout: DEFAULT_JOB_TIMEOUT,
+            progress_every: DEFAULT_PROGRESS_EVERY,
         }
     }
 
@@ -57,7 +60,17 @@ impl Sources {
         self.job_timeout = timeout;
         self
     }
+
+    /// `Duration::ZERO` sends every progress report.
+    pub fn with_progress_every(mut self, every: Duration) -> Self {
+        self.progress_every = every;
+        self
+    }
 }
+
+/// Four progress updates a second at most: smooth enough for a person watching, and a job done
+/// sooner sends none.
+pub const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// 20 minutes: well inside RabbitMQ's default 30-minute consumer timeout.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(20 * 60);
