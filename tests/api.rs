@@ -450,6 +450,12 @@ async fn a_finished_jobs_answers_are_served_from_memory_for_the_view_cache_time(
 
     tokio::time::sleep(std::time::Duration::from_millis(1_600)).await;
     let after = app.get_json(&key, &result_path).await;
-    assert_eq!(after["progress_message"], "changed", "read again once the time is up");
-    assert_eq!(app.get_json(&key, &job_path).await["progress_message"], "changed");
+    assert_eq!(
+        after["progress_message"], "changed",
+        "read again once the time is up"
+    );
+    assert_eq!(
+        app.get_json(&key, &job_path).await["progress_message"],
+        "changed"
+    );
 }

@@ -58,6 +58,52 @@ async fn outbox_rows(res: &Resources) -> i64 {
         .get(0)
 }
 
+/// Confirmed commands leave the outbox in batches, well before the relay's grace period (5 s)
+/// would make it publish them again; and stopping the API deletes what it still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_commands_leave_the_outbox_without_waiting_for_the_relay() {
+    let res = Resources::new("outbox_gone").await;
+    let key = res.key("acme").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let api = {
+        let (config, pool, shutdown) = (res.config.clone(), res.pool.clone(), shutdown.clone());
+        tokio::spawn(async move { app::run_api(&config, pool, listener, shutdown).await })
+    };
+    let http = reqwest::Client::new();
+    let posts = (0..40).map(|i| {
+        http.post(format!("{base}/api/v1/bd/jobs"))
+            .bearer_auth(&key)
+            .json(&small_job(i))
+            .send()
+    });
+    for resp in futures::future::join_all(posts).await {
+        assert_eq!(resp.unwrap().status(), 202);
+    }
+    let started = Instant::now();
+    while outbox_rows(&res).await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{} rows still in the outbox",
+            outbox_rows(&res).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let resp = http
+        .post(format!("{base}/api/v1/bd/jobs"))
+        .bearer_auth(&key)
+        .json(&small_job(41))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    shutdown.cancel();
+    api.await.unwrap().unwrap();
+    assert_eq!(outbox_rows(&res).await, 0, "deleted before the API stopped");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_accepted_while_the_broker_is_unreachable_is_published_by_the_outbox_relay() {
     let res = Resources::new("outbox").await;

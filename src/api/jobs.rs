@@ -342,9 +342,10 @@ pub async fn create_job(
         .await
     {
         Ok(()) => {
-            if let Err(e) = db::jobs::delete_outbox(&state.pool, command.message_id).await {
-                tracing::warn!(error = %e, "published, but the outbox row stays for the relay");
-            }
+            state
+                .published
+                .confirmed(&state.pool, command.message_id.0)
+                .await
         }
         Err(e) => {
             tracing::warn!(error = %e, job_id = %job.job_id, "publish failed; the outbox relay will retry")

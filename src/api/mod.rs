@@ -8,6 +8,7 @@ pub mod events;
 pub mod jobs;
 pub mod limits;
 pub mod metrics;
+pub mod outbox;
 pub mod range;
 pub mod view_cache;
 
@@ -41,6 +42,9 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     pub keys: Arc<auth::KeyCache>,
     pub views: Arc<view_cache::ViewCache>,
+    pub published: outbox::Published,
+    /// The task behind `published`, awaited by `serve` on shutdown so that no delete is lost.
+    published_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     /// Cancelled when the server stops: ends open event streams, which would otherwise hold
     /// graceful shutdown until their jobs finish.
     pub shutdown: CancellationToken,
@@ -53,7 +57,9 @@ impl AppState {
         publisher: Arc<Publisher>,
         limits: &ApiLimits,
     ) -> Self {
+        let (published, task) = outbox::Published::start(pool.clone());
         Self {
+            published_task: Arc::new(std::sync::Mutex::new(Some(task))),
             pool,
             storage,
             publisher,
@@ -65,6 +71,7 @@ impl AppState {
             views: Arc::new(view_cache::ViewCache::new(Duration::from_millis(
                 limits.view_cache_ms,
             ))),
+            published,
             shutdown: CancellationToken::new(),
         }
     }
@@ -177,6 +184,11 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "api listening");
     let header_timeout = Duration::from_secs(state.guard.limits.header_read_timeout_secs.max(1));
     let streams = state.shutdown.clone();
+    let published = state
+        .published_task
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
     let app = router(state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
@@ -216,6 +228,15 @@ pub async fn serve(
     }
     shutdown.cancel();
     let _ = relay.await;
+    // The last handle goes with the router: the task deletes what it holds, then ends.
+    drop(app);
+    if let Some(task) = published {
+        if tokio::time::timeout(DRAIN, task).await.is_err() {
+            tracing::warn!(
+                "published outbox rows were not all deleted; the relay will publish them again"
+            );
+        }
+    }
     tracing::info!("api stopped");
     Ok(())
 }

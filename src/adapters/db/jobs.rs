@@ -2,7 +2,7 @@
 //! asset index. Functions that take a `GenericClient` run inside the caller's transaction.
 
 use super::DbError;
-use crate::domain::ids::{AssetId, JobId, MessageId, TenantId};
+use crate::domain::ids::{AssetId, JobId, TenantId};
 use crate::domain::job::{JobStatus, JobView};
 use crate::domain::messages::RawEnvelope;
 use deadpool_postgres::{GenericClient, Pool};
@@ -149,11 +149,13 @@ pub async fn insert_job(tx: &impl GenericClient, job: &NewJob<'_>) -> Result<(),
     Ok(())
 }
 
-pub async fn delete_outbox(pool: &Pool, message: MessageId) -> Result<(), DbError> {
-    pool.get()
-        .await?
-        .execute("DELETE FROM outbox WHERE message_id = $1", &[&message.0])
+/// Forgets outbox rows whose commands the broker confirmed, in one statement.
+pub async fn delete_outbox_rows(pool: &Pool, messages: &[Uuid]) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached("DELETE FROM outbox WHERE message_id = ANY($1)")
         .await?;
+    client.execute(&stmt, &[&messages]).await?;
     Ok(())
 }
 
