@@ -106,45 +106,58 @@ pub struct Rebuild {
     jobs: Vec<JobId>,
 }
 
-/// Folds one job's events and records the result in the shadow. With `storage`, the assets'
-/// objects are written now; the index rows go into the shadow either way.
-async fn rebuild_job(
-    client: &impl GenericClient,
-    storage: &Operator,
-    run: Uuid,
+/// Folds one job's events and renders its assets (not yet stored).
+fn rebuild_job(
     events: &[RawEnvelope],
-) -> Result<(), ReplayError> {
+) -> Result<Option<(log::ShadowRow<'_>, Vec<projector::RenderedAsset>)>, ReplayError> {
     let records = events
         .iter()
         .map(EventRecord::from_raw)
         .collect::<Result<Vec<_>, _>>()?;
-    let Some(first) = records.first() else {
-        return Ok(());
+    let Some(first) = events.first() else {
+        return Ok(None);
     };
     let view = fold(&records);
-    let mut assets = Vec::new();
+    let mut rendered = Vec::new();
     if let Some(view) = &view {
         if let Some(winner) = projector::winner(view, &records) {
             if let Some(done) = projector::deliverable_of(&winner.event) {
-                let rendered = projector::render_assets(view, done);
-                projector::put_assets(storage, &rendered).await?;
-                assets = rendered
-                    .into_iter()
-                    .map(|a| (a.asset_id.as_str().to_owned(), a.row))
-                    .collect();
+                rendered = projector::render_assets(view, done);
             }
         }
     }
-    log::put_shadow(
-        client,
-        run,
-        first.job_id,
-        &first.tenant,
-        view.as_ref(),
-        &assets,
-    )
-    .await?;
-    Ok(())
+    let assets = rendered
+        .iter()
+        .map(|a| (a.asset_id.as_str().to_owned(), a.row.clone()))
+        .collect();
+    let row = log::ShadowRow {
+        job: first.job_id,
+        tenant: &first.tenant,
+        view,
+        assets,
+    };
+    Ok(Some((row, rendered)))
+}
+
+/// Rebuilds many jobs into the run's shadow: their objects written concurrently first (the
+/// shadow names only stored objects), then one statement for all their rows.
+async fn rebuild_jobs(
+    client: &impl GenericClient,
+    storage: &Operator,
+    run: Uuid,
+    events: &[RawEnvelope],
+) -> Result<usize, ReplayError> {
+    let mut rows = Vec::new();
+    let mut objects = Vec::new();
+    for job_events in by_job(events) {
+        if let Some((row, rendered)) = rebuild_job(job_events)? {
+            rows.push(row);
+            objects.extend(rendered);
+        }
+    }
+    projector::put_assets(storage, &objects).await?;
+    log::put_shadows(client, run, &rows).await?;
+    Ok(rows.len())
 }
 
 /// Splits a run of events ordered by job into one slice per job.
@@ -182,10 +195,8 @@ impl Rebuild {
         let client = pool.get().await.map_err(DbError::from)?;
         for batch in self.jobs.chunks(BATCH) {
             let events = log::events_of_jobs(&client, batch, self.high_water).await?;
-            for job_events in by_job(&events) {
-                rebuild_job(&client, storage, self.run, job_events).await?;
-                bar.inc(1);
-            }
+            let n = rebuild_jobs(&client, storage, self.run, &events).await?;
+            bar.inc(n as u64);
         }
         Ok(())
     }
@@ -201,9 +212,7 @@ impl Rebuild {
         .await?;
         let late = log::jobs_after(&tx, &self.scope, self.high_water).await?;
         let events = log::events_of_jobs(&tx, &late, i64::MAX).await?;
-        for job_events in by_job(&events) {
-            rebuild_job(&tx, storage, self.run, job_events).await?;
-        }
+        rebuild_jobs(&tx, storage, self.run, &events).await?;
         let swapped = log::swap_shadow(&tx, self.run, &self.scope).await?;
         tx.commit().await?;
         let caught_up = late.len() as u64;

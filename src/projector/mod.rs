@@ -107,12 +107,22 @@ pub fn render_assets(view: &JobView, done: &Completed) -> Vec<RenderedAsset> {
         .collect()
 }
 
-/// Writes rendered assets to object storage. A rewrite puts identical bytes.
+/// Writes rendered assets to object storage, many at once. A rewrite puts identical bytes.
 pub async fn put_assets(storage: &Operator, assets: &[RenderedAsset]) -> Result<(), StorageError> {
-    for a in assets {
-        storage::put(storage, &a.row.storage_key, a.bytes.clone()).await?;
-    }
-    Ok(())
+    put_all(storage, assets.iter()).await
+}
+
+async fn put_all<'a>(
+    storage: &Operator,
+    assets: impl Iterator<Item = &'a RenderedAsset>,
+) -> Result<(), StorageError> {
+    use futures::stream::TryStreamExt;
+    // Local disks and object stores both take parallel writes far better than a queue of them.
+    futures::stream::iter(assets.map(Ok::<_, StorageError>))
+        .try_for_each_concurrent(32, |a| {
+            storage::put(storage, &a.row.storage_key, a.bytes.clone())
+        })
+        .await
 }
 
 /// Makes the asset index of a job match the outcome that won its fold: the completion's assets,
@@ -134,7 +144,6 @@ pub async fn sync_assets_many(
     storage: &Operator,
     jobs: &[(&JobView, &EventRecord)],
 ) -> Result<(), ProjectorError> {
-    use futures::stream::TryStreamExt;
     let mut without = Vec::new();
     let mut rendered = Vec::new();
     for (view, winner) in jobs {
@@ -143,16 +152,10 @@ pub async fn sync_assets_many(
             None => without.push(view.job_id.0),
         }
     }
-    // Local disks and object stores both take parallel writes far better than a queue of them.
-    futures::stream::iter(
-        rendered
-            .iter()
-            .flat_map(|(_, assets)| assets.iter())
-            .map(Ok::<_, StorageError>),
+    put_all(
+        storage,
+        rendered.iter().flat_map(|(_, assets)| assets.iter()),
     )
-    .try_for_each_concurrent(32, |a| {
-        storage::put(storage, &a.row.storage_key, a.bytes.clone())
-    })
     .await?;
     db::jobs::delete_assets_of(tx, &without).await?;
     let rows: Vec<_> = rendered
