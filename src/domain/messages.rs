@@ -348,14 +348,22 @@ impl EventRecord {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job() -> JobRef {
+impl JobRef {
+    /// A fresh job of tenant `acme`, for unit tests.
+    pub(crate) fn sample() -> Self {
         JobRef {
             job_id: JobId::new(),
             tenant: TenantId::parse("acme").unwrap(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> JobRef {
+        JobRef::sample()
     }
 
     #[test]

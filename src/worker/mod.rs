@@ -539,13 +539,9 @@ async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ids::{JobId, TenantId};
 
     fn job() -> JobRef {
-        JobRef {
-            job_id: JobId::new(),
-            tenant: TenantId::parse("acme").unwrap(),
-        }
+        JobRef::sample()
     }
 
     async fn kinds(sink: &VecSink) -> Vec<String> {
