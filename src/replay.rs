@@ -52,6 +52,9 @@ use uuid::Uuid;
 /// Jobs folded per round trip during the build.
 const BATCH: usize = 200;
 
+/// Batches the build folds at once.
+const BATCHES_IN_FLIGHT: usize = 3;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("{0}")]
@@ -192,13 +195,20 @@ impl Rebuild {
         storage: &Operator,
         bar: &ProgressBar,
     ) -> Result<(), ReplayError> {
-        let client = pool.get().await.map_err(DbError::from)?;
-        for batch in self.jobs.chunks(BATCH) {
-            let events = log::events_of_jobs(&client, batch, self.high_water).await?;
-            let n = rebuild_jobs(&client, storage, self.run, &events).await?;
-            bar.inc(n as u64);
-        }
-        Ok(())
+        use futures::stream::{StreamExt, TryStreamExt};
+        // A few batches at once, each on its own connection: while one waits for Postgres,
+        // another folds and renders.
+        futures::stream::iter(self.jobs.chunks(BATCH))
+            .map(|batch| async move {
+                let client = pool.get().await.map_err(DbError::from)?;
+                let events = log::events_of_jobs(&client, batch, self.high_water).await?;
+                let n = rebuild_jobs(&client, storage, self.run, &events).await?;
+                bar.inc(n as u64);
+                Ok::<_, ReplayError>(())
+            })
+            .buffer_unordered(BATCHES_IN_FLIGHT)
+            .try_collect::<()>()
+            .await
     }
 
     /// Step 3: catches up with events recorded since the start and swaps, in one transaction.

@@ -215,13 +215,9 @@ pub async fn put_shadows(
         .iter()
         .map(|r| r.view.as_ref().map(|v| v.updated_at))
         .collect();
-    let views: Vec<Option<serde_json::Value>> = rows
+    let views: Vec<Option<tokio_postgres::types::Json<&JobView>>> = rows
         .iter()
-        .map(|r| {
-            r.view
-                .as_ref()
-                .map(|v| serde_json::to_value(v).expect("views serialise"))
-        })
+        .map(|r| r.view.as_ref().map(tokio_postgres::types::Json))
         .collect();
     let assets: Vec<serde_json::Value> = rows
         .iter()

@@ -12,8 +12,10 @@ fn view_from_json(v: serde_json::Value) -> Result<JobView, DbError> {
     serde_json::from_value(v).map_err(|e| DbError::Corrupt(format!("job view: {e}")))
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
-    serde_json::to_value(v).expect("domain types serialise")
+/// A value sent as jsonb, serialised straight into the statement's buffer: building a
+/// `serde_json::Value` first would allocate a tree per event and per view.
+fn to_json<T: serde::Serialize + std::fmt::Debug>(v: &T) -> tokio_postgres::types::Json<&T> {
+    tokio_postgres::types::Json(v)
 }
 
 /// Appends an event to the log. `false` when it was already there: the caller then skips it,
@@ -396,7 +398,7 @@ pub async fn insert_events(
     let attempts: Vec<i32> = raws.iter().map(|r| r.attempt as i32).collect();
     let seqs: Vec<i64> = raws.iter().map(|r| r.seq as i64).collect();
     let times: Vec<chrono::DateTime<chrono::Utc>> = raws.iter().map(|r| r.occurred_at).collect();
-    let bodies: Vec<serde_json::Value> = raws.iter().map(|r| to_json(*r)).collect();
+    let bodies: Vec<_> = raws.iter().map(|r| to_json(*r)).collect();
     let stmt = tx
         .prepare_cached(
             "INSERT INTO events (message_id, job_id, tenant, type, version, attempt, seq, occurred_at, envelope)
@@ -440,7 +442,7 @@ pub async fn save_views(tx: &impl GenericClient, views: &[&JobView]) -> Result<(
     let ids: Vec<Uuid> = views.iter().map(|v| v.job_id.0).collect();
     let statuses: Vec<&str> = views.iter().map(|v| v.status.as_str()).collect();
     let updated: Vec<chrono::DateTime<chrono::Utc>> = views.iter().map(|v| v.updated_at).collect();
-    let bodies: Vec<serde_json::Value> = views.iter().map(|v| to_json(*v)).collect();
+    let bodies: Vec<_> = views.iter().map(|v| to_json(*v)).collect();
     let stmt = tx
         .prepare_cached(
             "UPDATE jobs AS j SET status = u.status, updated_at = u.updated_at, view = u.view
