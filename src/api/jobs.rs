@@ -119,13 +119,6 @@ fn parse_job_id(s: &str) -> Result<JobId, ApiError> {
         .map_err(|_| ApiError::NotFound("job not found"))
 }
 
-async fn load(state: &AppState, caller: &Caller, job_id: &str) -> Result<JobView, ApiError> {
-    let id = parse_job_id(job_id)?;
-    db::jobs::get_view(&state.pool, &caller.0, id)
-        .await?
-        .ok_or(ApiError::NotFound("job not found"))
-}
-
 #[derive(Serialize)]
 pub struct CreatedBody {
     job_id: JobId,
@@ -391,7 +384,9 @@ async fn rendered(
     if let Some(hit) = state.views.get(&caller.0, id, now) {
         return Ok(hit);
     }
-    let view = load(state, caller, job_id).await?;
+    let view = db::jobs::get_view(&state.pool, &caller.0, id)
+        .await?
+        .ok_or(ApiError::NotFound("job not found"))?;
     let rendered = view_cache::Rendered::of(&view);
     state.views.put(&view, &rendered, now);
     Ok(rendered)
@@ -670,7 +665,7 @@ pub async fn cancel_job(
         crate::projector::append_and_fold(&tx, &mut view, &raw).await?;
     }
     tx.commit().await?;
-    state.views.forget(&caller.0, id);
+    state.views.forget(id);
     tracing::info!(job_id = %id, status = view.status.as_str(), "cancellation requested");
     Ok((StatusCode::ACCEPTED, Json(job_json(&view))).into_response())
 }

@@ -33,7 +33,9 @@ impl Rendered {
 
 pub struct ViewCache {
     ttl: Duration,
-    entries: Mutex<HashMap<(TenantId, JobId), (Rendered, Instant)>>,
+    /// By job id alone (ids are unique across tenants), so that a lookup allocates nothing; the
+    /// tenant is checked on the way out.
+    entries: Mutex<HashMap<JobId, (TenantId, Rendered, Instant)>>,
 }
 
 /// Past this many jobs the cache starts over rather than grow (about 2 KB each).
@@ -53,9 +55,9 @@ impl ViewCache {
         }
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
-            .get(&(tenant.clone(), job))
-            .filter(|(_, at)| now.duration_since(*at) < self.ttl)
-            .map(|(r, _)| r.clone())
+            .get(&job)
+            .filter(|(owner, _, at)| owner == tenant && now.duration_since(*at) < self.ttl)
+            .map(|(_, r, _)| r.clone())
     }
 
     /// Keeps the rendering of a finished view; running ones are not kept.
@@ -65,18 +67,18 @@ impl ViewCache {
         }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= VIEW_CACHE_MAX {
-            entries.retain(|_, (_, at)| now.duration_since(*at) < self.ttl);
+            entries.retain(|_, (_, _, at)| now.duration_since(*at) < self.ttl);
             if entries.len() >= VIEW_CACHE_MAX {
                 entries.clear();
             }
         }
-        entries.insert((view.tenant.clone(), view.job_id), (rendered.clone(), now));
+        entries.insert(view.job_id, (view.tenant.clone(), rendered.clone(), now));
     }
 
     /// Forgets a job this process just changed, so that its own answer is never stale.
-    pub fn forget(&self, tenant: &TenantId, job: JobId) {
+    pub fn forget(&self, job: JobId) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.remove(&(tenant.clone(), job));
+        entries.remove(&job);
     }
 }
 
@@ -147,7 +149,7 @@ mod tests {
         let v = view(JobStatus::Cancelled);
         let t0 = Instant::now();
         cache.put(&v, &Rendered::of(&v), t0);
-        cache.forget(&v.tenant, v.job_id);
+        cache.forget(v.job_id);
         assert!(cache.get(&v.tenant, v.job_id, t0).is_none());
     }
 

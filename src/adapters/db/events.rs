@@ -36,13 +36,9 @@ fn in_scope(table: &str) -> String {
     )
 }
 
-fn envelope(v: serde_json::Value) -> Result<RawEnvelope, DbError> {
-    serde_json::from_value(v).map_err(|e| DbError::Corrupt(format!("event: {e}")))
-}
-
 /// An envelope parsed straight from jsonb's wire form (a version byte, then the JSON text),
-/// with no `serde_json::Value` in between: replay reads the whole log, and building a `Value`
-/// per event cost it a third of its reading time (see the replay bench).
+/// with no `serde_json::Value` in between: replay and export read the whole log, and building a
+/// `Value` per event cost a third of the reading time (see the replay bench).
 struct WireEnvelope(RawEnvelope);
 
 impl<'a> tokio_postgres::types::FromSql<'a> for WireEnvelope {
@@ -170,7 +166,7 @@ pub async fn page(
         )
         .await?
         .into_iter()
-        .map(|r| Ok((r.get(0), envelope(r.get(1))?)))
+        .map(|r| Ok((r.get(0), wire_envelope(&r, 1)?)))
         .collect()
 }
 
