@@ -3,7 +3,6 @@
 use anyhow::Context;
 use bdjobs::adapters::db;
 use bdjobs::adapters::db::events::Scope;
-use bdjobs::adapters::storage;
 use bdjobs::app;
 use bdjobs::config::{self, Config, ConfigError, ConfigFile, LogFormat};
 use bdjobs::domain::ids::{JobId, TenantId};
@@ -420,7 +419,9 @@ async fn run(loaded: config::Loaded<Cli>) -> anyhow::Result<()> {
         Command::Replay { tenant, job } => {
             let scope = scope(tenant, job)?;
             let pool = app::connect_db(&config)?;
-            let store = storage::operator(&config.assets_location())?;
+            // The configured store with its configured credentials (flag, variable or file): the
+            // environment alone would leave requests to a private bucket unsigned.
+            let store = config.storage()?;
             let report =
                 bdjobs::replay::replay(&pool, &store, scope, std::io::stderr().is_terminal())
                     .await
@@ -456,7 +457,9 @@ async fn run(loaded: config::Loaded<Cli>) -> anyhow::Result<()> {
             command: EventsCommand::Import { file },
         } => {
             let pool = app::connect_db(&config)?;
-            let store = storage::operator(&config.assets_location())?;
+            // The configured store with its configured credentials (flag, variable or file): the
+            // environment alone would leave requests to a private bucket unsigned.
+            let store = config.storage()?;
             let show = std::io::stderr().is_terminal();
             let stdin = file.as_os_str() == "-";
             let name = if stdin {
