@@ -839,7 +839,10 @@ mod tests {
             "postgres://app@db.internal:5432/bdjobs?sslmode=require&password=********"
         );
         assert_eq!(
-            mask("database_url", "postgres:///bdjobs?host=/run/pg&PassWord=x%20y"),
+            mask(
+                "database_url",
+                "postgres:///bdjobs?host=/run/pg&PassWord=x%20y"
+            ),
             "postgres:///bdjobs?host=%2Frun%2Fpg&PassWord=********"
         );
     }
@@ -864,7 +867,12 @@ mod tests {
             mask("database_url", "host=db user=app dbname=bdjobs"),
             "host=db user=app dbname=bdjobs"
         );
-        for odd in ["password=", "password='unterminated", "=x", "é=ü password=ß"] {
+        for odd in [
+            "password=",
+            "password='unterminated",
+            "=x",
+            "é=ü password=ß",
+        ] {
             assert!(!mask("database_url", odd).contains('ß'), "{odd}");
         }
     }

@@ -291,7 +291,10 @@ mod tests {
         }
         let e = recs[1].1.as_ref().unwrap_err();
         assert_eq!(recs[1].0, 2);
-        assert!(e.starts_with("keywords: contains the control character U+0000"), "{e}");
+        assert!(
+            e.starts_with("keywords: contains the control character U+0000"),
+            "{e}"
+        );
         assert_eq!(recs[2].0, 3);
         assert!(recs[2]
             .1

@@ -109,7 +109,10 @@ async fn a_key_over_its_share_of_event_streams_gets_429_and_other_keys_still_str
         if resp.status() == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "the key's streams were never given back");
+        assert!(
+            Instant::now() < deadline,
+            "the key's streams were never given back"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     shutdown.cancel();
@@ -177,7 +180,10 @@ async fn an_event_the_database_refuses_fails_its_job_is_dead_lettered_and_counte
         if view["status"] != "pending" {
             break view;
         }
-        assert!(Instant::now() < deadline, "the job was never failed: {view}");
+        assert!(
+            Instant::now() < deadline,
+            "the job was never failed: {view}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(view["status"], "failed", "{view}");

@@ -267,7 +267,10 @@ async fn a_dependency_outage_is_retried_until_the_last_attempt_then_fails_the_jo
     let error = view.error_message.unwrap();
     assert!(error.starts_with("qualification failed"), "{error}");
     // The pool's own words stay in the log: the tenant gets a reason and a reference.
-    assert!(!error.contains("pool") && !error.contains("closed"), "{error}");
+    assert!(
+        !error.contains("pool") && !error.contains("closed"),
+        "{error}"
+    );
     assert!(error.contains("(reference E-"), "{error}");
 }
 

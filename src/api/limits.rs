@@ -235,8 +235,14 @@ mod tests {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let first = per_key.try_acquire(a).unwrap();
         let _second = per_key.try_acquire(a).unwrap();
-        assert!(per_key.try_acquire(a).is_none(), "a third stream of one key");
-        assert!(per_key.try_acquire(b).is_some(), "another key is not affected");
+        assert!(
+            per_key.try_acquire(a).is_none(),
+            "a third stream of one key"
+        );
+        assert!(
+            per_key.try_acquire(b).is_some(),
+            "another key is not affected"
+        );
         drop(first);
         assert!(per_key.try_acquire(a).is_some());
     }

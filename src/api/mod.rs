@@ -406,7 +406,9 @@ mod tests {
         let resp = app.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 500);
         assert_eq!(resp.headers()["x-correlation-id"], "req-panic-42");
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body, serde_json::json!({"detail": "internal server error"}));
         let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();

@@ -652,7 +652,10 @@ mod tests {
     fn an_internationalised_domain_is_accepted_and_shown_in_unicode() {
         // The scheme check used to slice the first 8 bytes: inside `語` here, a panic.
         assert_eq!(normalize_domain("日本語.jp").unwrap(), "xn--wgv71a119e.jp");
-        assert_eq!(normalize_domain("éééé.example").unwrap(), "xn--9caaaa.example");
+        assert_eq!(
+            normalize_domain("éééé.example").unwrap(),
+            "xn--9caaaa.example"
+        );
         assert_eq!(
             normalize_domain("https://www.日本語.jp/会社").unwrap(),
             "xn--wgv71a119e.jp"

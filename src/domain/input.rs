@@ -30,9 +30,7 @@ pub fn text_problem(path: &str, value: &str) -> Option<String> {
         ));
     }
     if value.chars().count() > MAX_FIELD_CHARS {
-        return Some(format!(
-            "{path}: longer than {MAX_FIELD_CHARS} characters"
-        ));
+        return Some(format!("{path}: longer than {MAX_FIELD_CHARS} characters"));
     }
     None
 }
@@ -401,7 +399,14 @@ mod tests {
 
     #[test]
     fn c0_c1_and_del_controls_are_refused_but_a_tab_is_kept() {
-        for bad in ["a\nb", "a\rb", "\u{1b}[31m", "a\u{7f}", "a\u{85}b", "\u{9f}"] {
+        for bad in [
+            "a\nb",
+            "a\rb",
+            "\u{1b}[31m",
+            "a\u{7f}",
+            "a\u{85}b",
+            "\u{9f}",
+        ] {
             let raw = RawInput {
                 companies: vec![RawCompany {
                     industry: Some(bad.to_owned()),
@@ -436,7 +441,9 @@ mod tests {
         let bad = vec!["ok".to_owned(), "n\u{0}".to_owned()];
         assert!(check_list("execution_options.target_titles", &bad)
             .unwrap_err()
-            .starts_with("execution_options.target_titles[1]: contains the control character U+0000"));
+            .starts_with(
+                "execution_options.target_titles[1]: contains the control character U+0000"
+            ));
     }
 
     #[test]
@@ -508,8 +515,8 @@ mod tests {
         let special = prop::sample::select(vec![
             '\u{0}', '\t', '\n', '\u{1b}', '\u{7f}', '\u{85}', '\u{9f}', '\u{200f}', '\u{202e}',
             '\u{200d}', '\u{301}', '\u{fe0f}', '\u{ff0e}', '\u{3002}', '\u{fffd}', '語', 'ש', 'é',
-            'ß', '😀', '👩', '.', '/', ':', '@', '?', '#', '-', '_', '"', ' ', 'h', 't', 'p', 's', 'w',
-            'x', 'n', '1',
+            'ß', '😀', '👩', '.', '/', ':', '@', '?', '#', '-', '_', '"', ' ', 'h', 't', 'p', 's',
+            'w', 'x', 'n', '1',
         ]);
         prop::collection::vec(prop_oneof![any::<char>(), special], 0..48)
             .prop_map(|cs| cs.into_iter().collect())
@@ -519,7 +526,10 @@ mod tests {
     /// `splice` says: what a client in JavaScript can send and Rust strings cannot hold.
     fn json_with_surrogates(text: &str, splice: &[bool]) -> String {
         let mut out = String::from("\"");
-        for (c, lone) in text.chars().zip(splice.iter().chain(std::iter::repeat(&false))) {
+        for (c, lone) in text
+            .chars()
+            .zip(splice.iter().chain(std::iter::repeat(&false)))
+        {
             if *lone {
                 out.push_str("\\uD83D");
             }

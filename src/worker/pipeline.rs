@@ -370,7 +370,12 @@ impl<'a> Work<'a> {
         // One warning per kind, however many domains: a warning per domain made a job with
         // thousands of dead domains thousands of events, each folded into the view.
         for warning in [
-            domains_warning(&no_mail, "has no mail server", "have no mail server", "dropped"),
+            domains_warning(
+                &no_mail,
+                "has no mail server",
+                "have no mail server",
+                "dropped",
+            ),
             domains_warning(
                 &dns_unknown,
                 "did not finish its DNS lookup",
@@ -501,7 +506,10 @@ fn domains_warning(
     match domains.len() {
         0 => None,
         1 => {
-            let domain = domains.keys().next().map(|d| crate::domain::email::display_domain(d))?;
+            let domain = domains
+                .keys()
+                .next()
+                .map(|d| crate::domain::email::display_domain(d))?;
             Some(format!("{domain} {one}; {contacts} contact(s) {outcome}"))
         }
         n => {
@@ -526,10 +534,7 @@ mod tests {
             domains_warning(&one, "has no mail server", "have no mail server", "dropped").unwrap(),
             "quietharbor.test has no mail server; 1 contact(s) dropped"
         );
-        assert_eq!(
-            domains_warning(&BTreeMap::new(), "x", "y", "z"),
-            None
-        );
+        assert_eq!(domains_warning(&BTreeMap::new(), "x", "y", "z"), None);
     }
 
     #[test]
@@ -538,8 +543,13 @@ mod tests {
             .map(|i| (format!("d{i:04}.example"), 2))
             .chain([("xn--wgv71a119e.jp".to_owned(), 1)])
             .collect();
-        let w = domains_warning(&domains, "has no mail server", "have no mail server", "dropped")
-            .unwrap();
+        let w = domains_warning(
+            &domains,
+            "has no mail server",
+            "have no mail server",
+            "dropped",
+        )
+        .unwrap();
         assert_eq!(
             w,
             "5001 domains have no mail server: d0000.example (2), d0001.example (2), \

@@ -225,12 +225,18 @@ mod tests {
             keywords: many.clone(),
             ..Default::default()
         };
-        assert!(icp.validate().unwrap_err().starts_with("icp_config.keywords: 101 items"));
+        assert!(icp
+            .validate()
+            .unwrap_err()
+            .starts_with("icp_config.keywords: 101 items"));
         let icp = IcpConfig {
             industries: many.clone(),
             ..Default::default()
         };
-        assert!(icp.validate().unwrap_err().starts_with("icp_config.industries: 101 items"));
+        assert!(icp
+            .validate()
+            .unwrap_err()
+            .starts_with("icp_config.industries: 101 items"));
         let o = ExecutionOptions {
             target_titles: many,
             ..Default::default()
