@@ -194,7 +194,7 @@ async fn an_event_the_database_refuses_fails_its_job_is_dead_lettered_and_counte
         assert!(!error.contains(internal), "{internal} leaked: {error}");
     }
 
-    let dead = bdjobs::dlq::list(&res.config.amqp_url, &res.topology(), 10)
+    let dead = bdjobs::cli::dlq::list(&res.config.amqp_url, &res.topology(), 10)
         .await
         .unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
