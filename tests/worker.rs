@@ -19,6 +19,7 @@ use bdjobs::domain::stages::{DirectoryCompany, DirectoryPerson, ExecutionOptions
 use bdjobs::import::{parse, Record};
 use bdjobs::worker::pipeline::Sources;
 use bdjobs::worker::sources::{Directory, StaticDirectory};
+use bdjobs::worker::verify::VerifySettings;
 use bdjobs::worker::{process_one, Outcome, VecSink};
 use chrono::Utc;
 use std::sync::Arc;
@@ -62,12 +63,19 @@ async fn sources(dns: &StubDns, directory: Arc<dyn Directory>, smtp_port: Option
     let resolver = HickoryMailResolver::new(Some(dns.addr()), Duration::from_millis(800)).unwrap();
     let sources = Sources::new(directory, Arc::new(resolver));
     match smtp_port {
-        Some(port) => sources.with_smtp(Arc::new(TcpSmtpProber::new(
-            port,
-            "bdjobs.test",
-            "probe@bdjobs.test",
-            Duration::from_secs(3),
-        ))),
+        Some(port) => sources.with_probing(
+            Arc::new(TcpSmtpProber::new(
+                port,
+                "bdjobs.test",
+                "probe@bdjobs.test",
+                Duration::from_secs(3),
+            )),
+            // The stubs are on loopback.
+            VerifySettings {
+                allow_private: true,
+                ..VerifySettings::default()
+            },
+        ),
         None => sources,
     }
 }
