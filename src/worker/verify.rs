@@ -530,6 +530,11 @@ pub async fn verify_addresses(
             done,
         };
         engine.plan(&targets, &by_domain);
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            domains = targets.len(),
+            "DNS done; probing starts"
+        );
         engine.run(&report).await;
         warnings.extend(engine.warnings());
         found = engine.found;
@@ -663,75 +668,118 @@ impl Engine<'_> {
             }
             let mut wake = self.deadline;
             let ips: Vec<IpAddr> = self.queues.keys().copied().collect();
-            for ip in ips {
-                loop {
-                    let queue = &self.queues[&ip];
-                    if queue.is_empty() {
-                        break;
+            // Breadth first: one session per host per round, so that a worker-wide cap
+            // smaller than hosts x per-host limit is shared fairly rather than by address order.
+            let mut sizes: HashMap<IpAddr, usize> = HashMap::new();
+            let mut blocked: BTreeSet<IpAddr> = BTreeSet::new();
+            loop {
+                let mut dispatched = false;
+                for &ip in &ips {
+                    if blocked.contains(&ip) {
+                        continue;
                     }
-                    let ready: Vec<(usize, bool)> = queue
-                        .iter()
-                        .map(|&r| (self.rcpts[r].domain, self.rcpts[r].due <= now))
-                        .collect();
-                    if let Some(due) = queue
-                        .iter()
-                        .map(|&r| self.rcpts[r].due)
-                        .filter(|d| *d > now)
-                        .min()
-                    {
-                        wake = wake.min(due);
-                    }
-                    if !ready.iter().any(|(_, r)| *r) {
-                        break;
-                    }
-                    let permit = match probing.politeness.try_acquire(ip, now) {
-                        Ok(p) => p,
-                        Err(until) => {
-                            // A slot frees when a session ends (ours wake the loop; another
-                            // job's do not), so look again soon.
-                            wake = wake.min(until.unwrap_or(now + Duration::from_millis(50)));
+                    #[allow(clippy::never_loop)]
+                    loop {
+                        let queue = &self.queues[&ip];
+                        if queue.is_empty() {
+                            blocked.insert(ip);
                             break;
                         }
-                    };
-                    let cap = self
-                        .caps
-                        .get(&ip)
-                        .copied()
-                        .unwrap_or(self.settings().rcpt_per_session)
-                        .max(1);
-                    let picks = take_batch(&ready, cap);
-                    let queue = self.queues.get_mut(&ip).expect("queue");
-                    let ids: Vec<usize> = picks.iter().map(|&p| queue[p]).collect();
-                    let mut k = 0;
-                    queue.retain(|_| {
-                        let keep = !picks.contains(&k);
-                        k += 1;
-                        keep
-                    });
-                    let mut segments: Vec<Segment> = Vec::new();
-                    let mut members: Vec<Vec<usize>> = Vec::new();
-                    for r in ids {
-                        let rc = &self.rcpts[r];
-                        let name = &self.domains[rc.domain].name;
-                        match segments.last_mut() {
-                            Some(s) if &s.domain == name => {
-                                s.recipients.push(rc.text.clone());
-                                members.last_mut().expect("members").push(r);
+                        let ready: Vec<(usize, bool)> = queue
+                            .iter()
+                            .map(|&r| (self.rcpts[r].domain, self.rcpts[r].due <= now))
+                            .collect();
+                        if let Some(due) = queue
+                            .iter()
+                            .map(|&r| self.rcpts[r].due)
+                            .filter(|d| *d > now)
+                            .min()
+                        {
+                            wake = wake.min(due);
+                        }
+                        if !ready.iter().any(|(_, r)| *r) {
+                            blocked.insert(ip);
+                            break;
+                        }
+                        let permit = match probing.politeness.try_acquire(ip, now) {
+                            Ok(p) => p,
+                            Err(until) => {
+                                // A slot frees when a session ends (ours wake the loop; another
+                                // job's do not), so look again soon.
+                                wake = wake.min(until.unwrap_or(now + Duration::from_millis(50)));
+                                {
+                                    blocked.insert(ip);
+                                    break;
+                                }
                             }
-                            _ => {
-                                segments.push(Segment {
-                                    domain: name.clone(),
-                                    recipients: vec![rc.text.clone()],
-                                });
-                                members.push(vec![r]);
+                        };
+                        let cap = self
+                            .caps
+                            .get(&ip)
+                            .copied()
+                            .unwrap_or(self.settings().rcpt_per_session)
+                            .max(1);
+                        // Spread the host's waiting recipients evenly over the sessions it
+                        // allows at once: 275 recipients make ten sessions of 28 (two rounds of
+                        // five), not five of 50 and a sixth that runs alone.
+                        let size = *sizes.entry(ip).or_insert_with(|| {
+                            let waiting = ready.iter().filter(|(_, r)| *r).count();
+                            let per_host = probing.settings.per_host.max(1);
+                            let rounds = waiting.div_ceil(per_host * cap).max(1);
+                            // Never below half the cap: a session's greeting, EHLO and MAIL cost
+                            // the same for 3 recipients as for 30.
+                            waiting
+                                .div_ceil(per_host * rounds)
+                                .max(cap / 2)
+                                .clamp(1, cap)
+                        });
+                        let picks = take_batch(&ready, size);
+                        let queue = self.queues.get_mut(&ip).expect("queue");
+                        let ids: Vec<usize> = picks.iter().map(|&p| queue[p]).collect();
+                        let mut k = 0;
+                        queue.retain(|_| {
+                            let keep = !picks.contains(&k);
+                            k += 1;
+                            keep
+                        });
+                        let mut segments: Vec<Segment> = Vec::new();
+                        let mut members: Vec<Vec<usize>> = Vec::new();
+                        for r in ids {
+                            let rc = &self.rcpts[r];
+                            let name = &self.domains[rc.domain].name;
+                            match segments.last_mut() {
+                                Some(s) if &s.domain == name => {
+                                    s.recipients.push(rc.text.clone());
+                                    members.last_mut().expect("members").push(r);
+                                }
+                                _ => {
+                                    segments.push(Segment {
+                                        domain: name.clone(),
+                                        recipients: vec![rc.text.clone()],
+                                    });
+                                    members.push(vec![r]);
+                                }
                             }
                         }
+                        let prober = prober.clone();
+                        inflight.push(async move {
+                            let began = Instant::now();
+                            let report = prober.session(ip, &segments).await;
+                            tracing::trace!(
+                                %ip,
+                                    took_ms = began.elapsed().as_millis() as u64,
+                                segments = segments.len(),
+                                rcpts = segments.iter().map(|s| s.recipients.len()).sum::<usize>(),
+                                "session"
+                            );
+                            (ip, members, report, permit)
+                        });
+                        dispatched = true;
+                        break;
                     }
-                    let prober = prober.clone();
-                    inflight.push(async move {
-                        let report = prober.session(ip, &segments).await;
-                        (ip, members, report, permit)
-                    });
+                }
+                if !dispatched {
+                    break;
                 }
             }
             if inflight.is_empty() && self.queues.values().all(Vec::is_empty) {
