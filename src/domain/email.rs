@@ -217,12 +217,13 @@ pub fn parse_email(input: &str) -> Result<ParsedEmail, SyntaxError> {
     }
     // RFC 6531 extends atext with any non-ASCII UTF-8 character; controls and
     // spaces stay out (they could end an SMTP command line).
-    if let Some(c) = local.chars().find(|&c| {
-        !(c.is_ascii_alphanumeric()
+    let allowed = |c: char| {
+        c.is_ascii_alphanumeric()
             || c == '.'
             || ATEXT_SPECIALS.contains(c)
-            || (!c.is_ascii() && !c.is_control() && !c.is_whitespace()))
-    }) {
+            || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+    };
+    if let Some(c) = local.chars().find(|&c| !allowed(c)) {
         return Err(SyntaxError::InvalidLocalCharacter(c));
     }
     if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
