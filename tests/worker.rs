@@ -358,3 +358,49 @@ async fn a_cancelled_job_stops_at_a_stage_boundary_and_keeps_partial_results() {
     assert_eq!(result.summary.verified_emails, 0);
     assert_eq!(dns.queries(), 0);
 }
+
+#[tokio::test]
+async fn verification_progress_says_how_many_addresses_are_checked() {
+    // 40 ms a reply, so the stage lasts long enough for the 250 ms progress tick.
+    let zone = StubZone::new()
+        .mx("slow.test", 10, "mx.slow.test")
+        .a("mx.slow.test", "127.0.0.1".parse().unwrap());
+    let dns = StubDns::start("127.0.0.1:0".parse().unwrap(), zone)
+        .await
+        .unwrap();
+    let smtp = bdjobs::adapters::smtp_stub::StubSmtp::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        bdjobs::adapters::smtp_stub::HostBehaviour::new(SmtpPolicy::accept_only(["ada@slow.test"]))
+            .latency(Duration::from_millis(40)),
+    )
+    .await
+    .unwrap();
+    let src = sources(
+        &dns,
+        Arc::new(StaticDirectory::default()),
+        Some(smtp.addr().port()),
+    )
+    .await
+    .with_progress_every(Duration::ZERO);
+    let run = verify_only(&["ada@slow.test", "bo@slow.test", "cy@slow.test"]);
+    let sink = VecSink::default();
+    let cmd = run_job_command(&job(), &run, Utc::now());
+    process_one(&cmd, 1, &src, &sink, "test").await.unwrap();
+    let events = sink.0.lock().await.clone();
+    let messages: Vec<String> = events
+        .iter()
+        .filter_map(|e| match EventRecord::from_raw(e).unwrap().event {
+            Event::Progress(p) => Some(p.message),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m == "Verifying emails: 3 of 3 checked"),
+        "{messages:?}"
+    );
+    let done = completed(&events);
+    assert_eq!(done.summary.verified_emails, 1);
+    assert_eq!(done.summary.invalid_emails, 2);
+}

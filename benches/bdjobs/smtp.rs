@@ -36,12 +36,14 @@ fn domain_name(d: usize) -> String {
     format!("d{d}.bench.test")
 }
 
+/// Domain `d` is on host `d % HOSTS`; mixing in `d / HOSTS` spreads the greylisting (10%) and
+/// catch-all (5%) domains over every host, as on the internet.
 fn greylisting(d: usize) -> bool {
-    d % 10 == 3
+    (d / HOSTS + d % HOSTS) % 10 == 3
 }
 
 fn catch_all(d: usize) -> bool {
-    d % 20 == 7
+    (d / HOSTS + d % HOSTS) % 20 == 7
 }
 
 /// Replies a session needs beyond its RCPTs: the greeting, EHLO, MAIL FROM; and RSET + MAIL

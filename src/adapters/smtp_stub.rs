@@ -344,7 +344,7 @@ async fn session(stream: TcpStream, client: IpAddr, shared: Arc<Shared>) {
         *n += 1;
         *n
     };
-    let _slot = Slot(&shared, client);
+    let mut slot = Some(Slot(&shared, client));
     tokio::time::sleep(b.latency).await;
     if b.max_sessions.is_some_and(|max| open_now > max) {
         stats.turned_away.fetch_add(1, Ordering::SeqCst);
@@ -390,6 +390,12 @@ async fn session(stream: TcpStream, client: IpAddr, shared: Arc<Shared>) {
             "MAIL" => {
                 stats.mails.fetch_add(1, Ordering::SeqCst);
                 utf8_transaction = b.smtputf8 && line.to_ascii_uppercase().ends_with(" SMTPUTF8");
+                respond(b, &line)
+            }
+            "QUIT" => {
+                // The session is over once QUIT arrives: a client that reads the 221 and
+                // connects again at once must find its slot free.
+                slot.take();
                 respond(b, &line)
             }
             _ => respond(b, &line),

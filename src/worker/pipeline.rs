@@ -351,6 +351,12 @@ impl<'a> Work<'a> {
                 }
             }
         };
+        // The last word of the engine (everything checked), unless a tick already sent it.
+        let last = latest.lock().ok().and_then(|mut l| l.take());
+        if let Some(p) = last {
+            r.progress(p.fraction(), p.message(), Some((p.done, p.total)))
+                .await?;
+        }
         for (k, v) in found.verdicts.into_iter().enumerate() {
             let c = &mut self.contacts[with_email[k]];
             if let Some(address) = v.address {
