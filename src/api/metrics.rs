@@ -1,6 +1,7 @@
-//! `/metrics` in the Prometheus text format (0.0.4), hand-rolled: request latency histograms by
-//! route template, and, from a snapshot refreshed at most every [`SNAPSHOT_EVERY`], jobs by
-//! status, queue depths, projector lag and events the projector rejected.
+//! `/metrics` in the Prometheus text format (0.0.4), encoded by `prometheus-client`: request
+//! latency histograms by route template, and, from a snapshot refreshed at most every
+//! [`SNAPSHOT_EVERY`], jobs by status, queue depths, projector lag and events the projector
+//! rejected.
 //!
 //! The endpoint needs no key and sits outside the request limits (a saturated server must still
 //! be observable), so what a scrape costs is bounded instead: however often it is called, the
@@ -17,9 +18,14 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -27,20 +33,41 @@ pub const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    route: String,
+    status: u16,
 }
 
-type Labels = (&'static str, String, u16);
+type Requests = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
 
 /// Request latencies since the process started, and the snapshot of the readings.
-#[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<Labels, Histogram>>,
+    registry: Registry,
+    requests: Requests,
     readings: Snapshot,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Requests::new_with_constructor(latency_histogram);
+        let mut registry = Registry::default();
+        registry.register(
+            "bdjobs_http_request_duration_seconds",
+            "Time to answer an HTTP request (to the first byte of the body), by route template.",
+            requests.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            readings: Snapshot::default(),
+        }
+    }
 }
 
 /// How old the readings of a scrape may be: Prometheus scrapes every 15 s or more, so a scraper
@@ -99,61 +126,21 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 impl Metrics {
     pub fn observe(&self, method: &Method, route: &str, status: u16, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        let mut map = self.requests.lock().expect("metrics lock");
-        let h = map
-            .entry((method_label(method), route.to_owned(), status))
-            .or_default();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                h.counts[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
+        let labels = RequestLabels {
+            method: method_label(method),
+            route: route.to_owned(),
+            status,
+        };
+        self.requests
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
     }
 
     /// The histograms, in the text format.
     pub fn render_requests(&self, out: &mut String) {
-        let map = self.requests.lock().expect("metrics lock").clone();
-        out.push_str("# HELP bdjobs_http_request_duration_seconds Time to answer an HTTP request (to the first byte of the body), by route template.\n");
-        out.push_str("# TYPE bdjobs_http_request_duration_seconds histogram\n");
-        for ((method, route, status), h) in &map {
-            let labels = format!(
-                "method=\"{method}\",route=\"{}\",status=\"{status}\"",
-                escape(route)
-            );
-            for (i, le) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "bdjobs_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {}",
-                    h.counts[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "bdjobs_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "bdjobs_http_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "bdjobs_http_request_duration_seconds_count{{{labels}}} {}",
-                h.count
-            );
-        }
+        prometheus_text::encode(out, &self.registry).expect("writing to a String cannot fail");
     }
 }
 
@@ -187,73 +174,112 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            HeaderValue::from_static(prometheus_text::CONTENT_TYPE),
         )],
         out,
     )
         .into_response()
 }
 
-/// The readings that cost a database query or a broker round trip, in the text format.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: &'static str,
+}
+
+/// The readings that cost a database query or a broker round trip, in the text format. A reading
+/// that failed leaves its metric out rather than report a made-up value.
 async fn read_readings(state: &AppState) -> String {
-    let mut out = String::new();
+    let mut registry = Registry::default();
     let mut errors: Vec<&str> = Vec::new();
     let limit = Duration::from_secs(2);
 
-    out.push_str("# HELP bdjobs_jobs Jobs in the read model, by status (all tenants).\n");
-    out.push_str("# TYPE bdjobs_jobs gauge\n");
+    let jobs = Family::<StatusLabel, Gauge>::default();
     match tokio::time::timeout(limit, db::jobs::count_by_status(&state.pool)).await {
         Ok(Ok(rows)) => {
             let counts: BTreeMap<String, i64> = rows.into_iter().collect();
             for status in crate::domain::job::JobStatus::ALL {
                 let n = counts.get(status.as_str()).copied().unwrap_or(0);
-                let _ = writeln!(out, "bdjobs_jobs{{status=\"{}\"}} {n}", status.as_str());
+                jobs.get_or_create(&StatusLabel {
+                    status: status.as_str(),
+                })
+                .set(n);
             }
         }
         _ => errors.push("jobs"),
     }
-
-    out.push_str(
-        "# HELP bdjobs_queue_messages Messages ready in each of the namespace's queues.\n",
+    registry.register(
+        "bdjobs_jobs",
+        "Jobs in the read model, by status (all tenants).",
+        jobs,
     );
-    out.push_str("# TYPE bdjobs_queue_messages gauge\n");
+
+    let queues = Family::<QueueLabel, Gauge>::default();
     match tokio::time::timeout(limit, state.publisher.queue_depths()).await {
         Ok(Ok(depths)) => {
             for (queue, n) in depths {
-                let _ = writeln!(
-                    out,
-                    "bdjobs_queue_messages{{queue=\"{}\"}} {n}",
-                    escape(&queue)
-                );
+                queues
+                    .get_or_create(&QueueLabel { queue })
+                    .set(i64::from(n));
             }
         }
         _ => errors.push("queues"),
     }
+    registry.register(
+        "bdjobs_queue_messages",
+        "Messages ready in each of the namespace's queues.",
+        queues,
+    );
 
-    out.push_str("# HELP bdjobs_projector_lag_seconds Largest delay between an event's occurrence and its application to the read model, over the events applied in the last minute (0 when none were).\n");
-    out.push_str("# TYPE bdjobs_projector_lag_seconds gauge\n");
     match tokio::time::timeout(limit, db::jobs::projector_lag_seconds(&state.pool)).await {
         Ok(Ok(lag)) => {
-            let _ = writeln!(out, "bdjobs_projector_lag_seconds {lag}");
+            let gauge = Gauge::<f64, AtomicU64>::default();
+            gauge.set(lag);
+            registry.register(
+                "bdjobs_projector_lag_seconds",
+                "Largest delay between an event's occurrence and its application to the read model, over the events applied in the last minute (0 when none were).",
+                gauge,
+            );
         }
         _ => errors.push("projector_lag"),
     }
 
-    out.push_str("# HELP bdjobs_projector_rejected_events_total Events the projector could never apply (a permanent database error): each was dead-lettered and failed its job (all tenants).\n");
-    out.push_str("# TYPE bdjobs_projector_rejected_events_total counter\n");
     match tokio::time::timeout(limit, db::jobs::rejected_events(&state.pool)).await {
         Ok(Ok(n)) => {
-            let _ = writeln!(out, "bdjobs_projector_rejected_events_total {n}");
+            // The count lives in the database (it survives restarts and spans the replicas),
+            // so the counter is a constant read back, not one this process increments.
+            registry.register(
+                "bdjobs_projector_rejected_events",
+                "Events the projector could never apply (a permanent database error): each was dead-lettered and failed its job (all tenants).",
+                ConstCounter::new(u64::try_from(n).unwrap_or(0)),
+            );
         }
         _ => errors.push("projector_rejections"),
     }
 
-    out.push_str("# HELP bdjobs_scrape_error Whether reading a scrape-time metric failed (1) on the latest snapshot.\n");
-    out.push_str("# TYPE bdjobs_scrape_error gauge\n");
+    let scrape_errors = Family::<SourceLabel, Gauge>::default();
     for source in ["jobs", "queues", "projector_lag", "projector_rejections"] {
-        let failed = u8::from(errors.contains(&source));
-        let _ = writeln!(out, "bdjobs_scrape_error{{source=\"{source}\"}} {failed}");
+        scrape_errors
+            .get_or_create(&SourceLabel { source })
+            .set(i64::from(errors.contains(&source)));
     }
+    registry.register(
+        "bdjobs_scrape_error",
+        "Whether reading a scrape-time metric failed (1) on the latest snapshot.",
+        scrape_errors,
+    );
+
+    let mut out = String::new();
+    prometheus_text::encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
 }
 
