@@ -1,6 +1,6 @@
 //! Bearer authentication (RFC 6750): the extractor that turns `Authorization: Bearer dc_...` into
 //! the caller's tenant, or a 401; and the per-key rate limit (429), counted once a key is known,
-//! so the limiter holds one bucket per real key whatever strangers send.
+//! so the limiter holds one budget per real key whatever strangers send.
 
 use super::{error::ApiError, AppState};
 use crate::adapters::db::keys;
@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 /// Tokens that match no key are remembered too, as unknown, for the same `ttl`, so a client
 /// repeating a wrong or revoked token costs a SHA-256 and a map lookup, not a query. Both maps
 /// are bounded (they start over past [`KEY_CACHE_MAX`] entries), and lookups of tokens in
-/// neither map (the only ones that reach the database) share a token bucket: a flood of distinct
+/// neither map (the only ones that reach the database) share one budget: a flood of distinct
 /// made-up tokens gets 429 before it gets near the database.
 pub struct KeyCache {
     ttl: Duration,
     entries: Mutex<HashMap<Vec<u8>, (keys::KeyOwner, Instant)>>,
     unknown: Mutex<HashMap<Vec<u8>, Instant>>,
-    misses: Mutex<super::limits::Bucket>,
+    misses: super::limits::Budget,
 }
 
 /// Past this many keys (or unknown tokens) a map starts over rather than grow.
@@ -40,7 +40,7 @@ impl KeyCache {
             ttl,
             entries: Mutex::new(HashMap::new()),
             unknown: Mutex::new(HashMap::new()),
-            misses: Mutex::new(super::limits::Bucket::full(MISS_BURST, Instant::now())),
+            misses: super::limits::Budget::new(MISS_RATE_PER_SEC, MISS_BURST),
         }
     }
 
@@ -82,9 +82,8 @@ impl KeyCache {
     }
 
     /// Takes a database lookup from the shared bucket, or says how long until one is free.
-    fn take_miss(&self, now: Instant) -> Result<(), Duration> {
-        let mut bucket = self.misses.lock().unwrap_or_else(|e| e.into_inner());
-        bucket.take(MISS_RATE_PER_SEC, MISS_BURST, now)
+    fn take_miss(&self) -> Result<(), Duration> {
+        self.misses.take()
     }
 
     /// The key's owner, from the cache or the database.
@@ -101,7 +100,7 @@ impl KeyCache {
         if self.is_known_unknown(&hash, now) {
             return Ok(Lookup::Unknown);
         }
-        if let Err(wait) = self.take_miss(now) {
+        if let Err(wait) = self.take_miss() {
             return Ok(Lookup::Throttled(wait));
         }
         match keys::authenticate_hash(pool, &hash).await? {
@@ -159,7 +158,7 @@ impl FromRequestParts<AppState> for Caller {
             )),
             Lookup::Known(owner) => {
                 tracing::Span::current().record("tenant", owner.tenant.as_str());
-                if let Err(wait) = state.guard.rate.check(owner.key_id, Instant::now()) {
+                if let Err(wait) = state.guard.rate.check(owner.key_id) {
                     return Err(ApiError::TooManyRequests(
                         wait.as_secs_f64().ceil().max(1.0) as u64,
                     ));
@@ -213,14 +212,25 @@ mod tests {
     }
 
     #[test]
-    fn lookups_of_uncached_tokens_share_a_bucket() {
+    fn lookups_of_uncached_tokens_share_one_budget() {
         let cache = KeyCache::new(Duration::from_secs(5));
-        let t0 = Instant::now();
-        for _ in 0..MISS_BURST {
-            assert!(cache.take_miss(t0).is_ok());
-        }
-        assert!(cache.take_miss(t0).is_err(), "past the burst");
-        assert!(cache.take_miss(t0 + Duration::from_secs(1)).is_ok());
+        // The budget refills while the loop runs, so more than the burst may pass, never less.
+        let mut passed = 0;
+        let wait = loop {
+            match cache.take_miss() {
+                Ok(()) => passed += 1,
+                Err(wait) => break wait,
+            }
+            assert!(passed < 1_000_000, "the budget never ran out");
+        };
+        assert!(
+            passed >= MISS_BURST,
+            "{passed} lookups before the first refusal"
+        );
+        assert!(
+            wait <= Duration::from_secs_f64(1.0 / MISS_RATE_PER_SEC),
+            "the next lookup is at most one period away: {wait:?}"
+        );
     }
 
     #[test]

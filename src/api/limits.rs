@@ -1,6 +1,7 @@
-//! What one API process accepts before it pushes back: a per-key rate limit (token bucket), a
-//! limit on requests in flight, a limit on open event streams, a per-request deadline, and the
-//! net that turns any plain-text error a layer produces into the API's `{"detail": ...}` body.
+//! What one API process accepts before it pushes back: a per-key rate limit (GCRA, from
+//! `governor`), a limit on requests in flight, a limit on open event streams, a per-request
+//! deadline, and the net that turns any plain-text error a layer produces into the API's
+//! `{"detail": ...}` body.
 
 use super::error::ApiError;
 use super::AppState;
@@ -10,77 +11,127 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::Quota;
 use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-/// A token bucket: `rate` tokens a second up to `burst`; a request takes one.
-#[derive(Debug, Clone, Copy)]
-pub struct Bucket {
-    tokens: f64,
-    at: Instant,
+/// What a client is told to wait when the rate is zero (or not a number): the budget never
+/// refills, so there is no honest wait; a minute keeps well-behaved clients from hammering.
+const NO_REFILL_WAIT: Duration = Duration::from_secs(60);
+
+/// The longest refill period a quota gets: a rate below one a year is as good as none, and
+/// `governor` counts in u64 nanoseconds.
+const LONGEST_PERIOD: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `rate` requests a second up to `burst` at once, as a `governor` quota. A rate of zero, a
+/// negative one or NaN lets one burst through and never refills it.
+pub fn quota(rate: f64, burst: u32) -> Quota {
+    let period = if rate > 0.0 {
+        Duration::try_from_secs_f64(1.0 / rate)
+            .unwrap_or(LONGEST_PERIOD)
+            .clamp(Duration::from_nanos(1), LONGEST_PERIOD)
+    } else {
+        LONGEST_PERIOD
+    };
+    Quota::with_period(period)
+        .expect("a period of at least a nanosecond")
+        .allow_burst(NonZeroU32::new(burst.max(1)).expect("at least 1"))
 }
 
-impl Bucket {
-    pub fn full(burst: u32, now: Instant) -> Self {
-        Self {
-            tokens: burst as f64,
-            at: now,
-        }
-    }
-
-    /// Takes a token, or says how long until one is there.
-    pub fn take(&mut self, rate: f64, burst: u32, now: Instant) -> Result<(), Duration> {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(burst as f64);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else if rate > 0.0 {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
-        } else {
-            Err(Duration::from_secs(60))
-        }
-    }
-
-    fn is_full(&self, rate: f64, burst: u32, now: Instant) -> bool {
-        self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate >= burst as f64
-    }
-}
-
-/// One bucket per API key, in this process's memory: with N replicas behind a balancer a key
-/// gets up to N times the rate, which is the usual trade for needing no shared store.
-pub struct RateLimiter {
+/// One budget for the whole process (the unknown-token lookups), on `governor`'s clock or a fake
+/// one in tests.
+pub struct Budget<C: Clock = DefaultClock> {
     rate: f64,
-    burst: u32,
-    buckets: Mutex<HashMap<Uuid, Bucket>>,
+    limiter: governor::RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>,
+    clock: C,
 }
+
+impl Budget {
+    pub fn new(rate: f64, burst: u32) -> Self {
+        Self::with_clock(rate, burst, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> Budget<C> {
+    pub fn with_clock(rate: f64, burst: u32, clock: C) -> Self {
+        Self {
+            rate,
+            limiter: governor::RateLimiter::direct_with_clock(quota(rate, burst), clock.clone()),
+            clock,
+        }
+    }
+
+    /// Takes one unit, or says how long until one is there.
+    pub fn take(&self) -> Result<(), Duration> {
+        self.limiter
+            .check()
+            .map_err(|not_until| retry_after(self.rate, not_until.wait_time_from(self.clock.now())))
+    }
+}
+
+fn retry_after(rate: f64, wait: Duration) -> Duration {
+    if rate > 0.0 {
+        wait
+    } else {
+        NO_REFILL_WAIT
+    }
+}
+
+/// One budget per API key, in this process's memory: with N replicas behind a balancer a key
+/// gets up to N times the rate, which is the usual trade for needing no shared store.
+pub struct RateLimiter<C: Clock = DefaultClock> {
+    rate: f64,
+    limiter:
+        governor::RateLimiter<Uuid, DefaultKeyedStateStore<Uuid>, C, NoOpMiddleware<C::Instant>>,
+    clock: C,
+    calls: AtomicU64,
+}
+
+/// Past this many keys the limiter forgets the ones whose budget is full again.
+const TRACKED_KEYS: usize = 10_000;
 
 impl RateLimiter {
     pub fn new(rate: f64, burst: u32) -> Self {
+        Self::with_clock(rate, burst, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> RateLimiter<C> {
+    pub fn with_clock(rate: f64, burst: u32, clock: C) -> Self {
         Self {
             rate,
-            burst: burst.max(1),
-            buckets: Mutex::new(HashMap::new()),
+            limiter: governor::RateLimiter::new(
+                quota(rate, burst),
+                DefaultKeyedStateStore::default(),
+                clock.clone(),
+            ),
+            clock,
+            calls: AtomicU64::new(0),
         }
     }
 
     /// Counts a request of `key`; `Err(retry_after)` when it is over its rate.
-    pub fn check(&self, key: Uuid, now: Instant) -> Result<(), Duration> {
-        let mut buckets = self.buckets.lock().expect("rate limiter lock");
+    pub fn check(&self, key: Uuid) -> Result<(), Duration> {
+        let outcome = self.limiter.check_key(&key).map_err(|not_until| {
+            retry_after(self.rate, not_until.wait_time_from(self.clock.now()))
+        });
         // Keys are few (one entry per live key that sent a request), but drop the idle ones
-        // now and then so the map tracks active keys only.
-        if buckets.len() > 10_000 {
-            let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, b| !b.is_full(rate, burst, now));
+        // now and then so the map tracks active keys only. Counting the map visits every shard,
+        // so only one call in 1024 does it.
+        let calls = self.calls.fetch_add(1, Ordering::Relaxed);
+        if calls % 1024 == 1023 && self.limiter.len() > TRACKED_KEYS {
+            self.limiter.retain_recent();
         }
-        buckets
-            .entry(key)
-            .or_insert_with(|| Bucket::full(self.burst, now))
-            .take(self.rate, self.burst, now)
+        outcome
     }
 }
 
@@ -206,27 +257,53 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
 mod tests {
     use super::*;
 
+    use governor::clock::FakeRelativeClock;
+
     #[test]
-    fn a_bucket_lets_a_burst_through_then_refuses_with_the_wait_for_the_next_token() {
-        let t0 = Instant::now();
-        let mut b = Bucket::full(3, t0);
+    fn a_key_gets_its_burst_then_is_refused_with_the_wait_for_the_next_request() {
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::with_clock(2.0, 3, clock.clone());
+        let key = Uuid::new_v4();
         for _ in 0..3 {
-            assert!(b.take(2.0, 3, t0).is_ok());
+            assert!(limiter.check(key).is_ok());
         }
-        let wait = b.take(2.0, 3, t0).unwrap_err();
-        assert_eq!(wait, Duration::from_millis(500));
+        assert_eq!(limiter.check(key), Err(Duration::from_millis(500)));
+        clock.advance(Duration::from_millis(200));
+        assert_eq!(limiter.check(key), Err(Duration::from_millis(300)));
     }
 
     #[test]
-    fn a_bucket_refills_at_its_rate_but_never_above_its_burst() {
-        let t0 = Instant::now();
-        let mut b = Bucket::full(2, t0);
-        b.take(1.0, 2, t0).unwrap();
-        b.take(1.0, 2, t0).unwrap();
-        let later = t0 + Duration::from_secs(100);
-        assert!(b.take(1.0, 2, later).is_ok());
-        assert!(b.take(1.0, 2, later).is_ok());
-        assert!(b.take(1.0, 2, later).is_err());
+    fn a_budget_refills_at_its_rate_but_never_above_its_burst() {
+        let clock = FakeRelativeClock::default();
+        let budget = Budget::with_clock(1.0, 2, clock.clone());
+        budget.take().unwrap();
+        budget.take().unwrap();
+        clock.advance(Duration::from_secs(100));
+        assert!(budget.take().is_ok());
+        assert!(budget.take().is_ok());
+        assert!(budget.take().is_err());
+    }
+
+    #[test]
+    fn a_zero_rate_lets_one_burst_through_and_asks_for_a_minute_after() {
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::with_clock(0.0, 2, clock.clone());
+        let key = Uuid::new_v4();
+        assert!(limiter.check(key).is_ok());
+        assert!(limiter.check(key).is_ok());
+        clock.advance(Duration::from_secs(3600));
+        assert_eq!(limiter.check(key), Err(NO_REFILL_WAIT));
+    }
+
+    #[test]
+    fn a_rate_below_one_a_second_spaces_requests_by_its_period() {
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::with_clock(0.01, 1, clock.clone());
+        let key = Uuid::new_v4();
+        assert!(limiter.check(key).is_ok());
+        assert_eq!(limiter.check(key), Err(Duration::from_secs(100)));
+        clock.advance(Duration::from_secs(100));
+        assert!(limiter.check(key).is_ok());
     }
 
     #[test]
@@ -248,12 +325,11 @@ mod tests {
     }
 
     #[test]
-    fn each_key_has_its_own_bucket() {
-        let limiter = RateLimiter::new(1.0, 1);
-        let now = Instant::now();
+    fn each_key_has_its_own_budget() {
+        let limiter = RateLimiter::with_clock(1.0, 1, FakeRelativeClock::default());
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        assert!(limiter.check(a, now).is_ok());
-        assert!(limiter.check(a, now).is_err());
-        assert!(limiter.check(b, now).is_ok());
+        assert!(limiter.check(a).is_ok());
+        assert!(limiter.check(a).is_err());
+        assert!(limiter.check(b).is_ok());
     }
 }
