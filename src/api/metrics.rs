@@ -57,9 +57,10 @@ impl Default for Metrics {
     fn default() -> Self {
         let requests = Requests::new_with_constructor(latency_histogram);
         let mut registry = Registry::default();
+        // prometheus-client ends every help text with a full stop: none here.
         registry.register(
             "bdjobs_http_request_duration_seconds",
-            "Time to answer an HTTP request (to the first byte of the body), by route template.",
+            "Time to answer an HTTP request (to the first byte of the body), by route template",
             requests.clone(),
         );
         Self {
@@ -219,7 +220,7 @@ async fn read_readings(state: &AppState) -> String {
     }
     registry.register(
         "bdjobs_jobs",
-        "Jobs in the read model, by status (all tenants).",
+        "Jobs in the read model, by status (all tenants)",
         jobs,
     );
 
@@ -236,7 +237,7 @@ async fn read_readings(state: &AppState) -> String {
     }
     registry.register(
         "bdjobs_queue_messages",
-        "Messages ready in each of the namespace's queues.",
+        "Messages ready in each of the namespace's queues",
         queues,
     );
 
@@ -246,7 +247,7 @@ async fn read_readings(state: &AppState) -> String {
             gauge.set(lag);
             registry.register(
                 "bdjobs_projector_lag_seconds",
-                "Largest delay between an event's occurrence and its application to the read model, over the events applied in the last minute (0 when none were).",
+                "Largest delay between an event's occurrence and its application to the read model, over the events applied in the last minute (0 when none were)",
                 gauge,
             );
         }
@@ -259,7 +260,7 @@ async fn read_readings(state: &AppState) -> String {
             // so the counter is a constant read back, not one this process increments.
             registry.register(
                 "bdjobs_projector_rejected_events",
-                "Events the projector could never apply (a permanent database error): each was dead-lettered and failed its job (all tenants).",
+                "Events the projector could never apply (a permanent database error): each was dead-lettered and failed its job (all tenants)",
                 ConstCounter::new(u64::try_from(n).unwrap_or(0)),
             );
         }
@@ -274,7 +275,7 @@ async fn read_readings(state: &AppState) -> String {
     }
     registry.register(
         "bdjobs_scrape_error",
-        "Whether reading a scrape-time metric failed (1) on the latest snapshot.",
+        "Whether reading a scrape-time metric failed (1) on the latest snapshot",
         scrape_errors,
     );
 
@@ -304,6 +305,16 @@ mod tests {
         assert!(out.contains(&format!("{} 0", line("0.025"))), "{out}");
         assert!(out.contains(&format!("{} 1", line("0.05"))), "{out}");
         assert!(out.contains(&format!("{} 1", line("+Inf"))), "{out}");
+    }
+
+    #[test]
+    fn the_histogram_is_described_once_with_one_full_stop_and_its_type() {
+        let m = Metrics::default();
+        m.observe(&Method::POST, "/api/v1/bd/jobs", 202, Duration::ZERO);
+        let mut out = String::new();
+        m.render_requests(&mut out);
+        assert!(out.contains("# HELP bdjobs_http_request_duration_seconds Time to answer an HTTP request (to the first byte of the body), by route template.\n# TYPE bdjobs_http_request_duration_seconds histogram\n"), "{out}");
+        assert!(out.contains("bdjobs_http_request_duration_seconds_count{method=\"POST\",route=\"/api/v1/bd/jobs\",status=\"202\"} 1\n"), "{out}");
     }
 
     #[tokio::test]
