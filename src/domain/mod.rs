@@ -10,3 +10,4 @@ pub mod messages;
 pub mod plan;
 pub mod retention;
 pub mod stages;
+pub mod table;
