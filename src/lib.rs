@@ -11,6 +11,7 @@
 pub mod adapters;
 pub mod api;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod dlq;

@@ -40,6 +40,10 @@ enum Command {
         /// Folder holding directory.jsonl, demo-job.json and demo.zone.
         #[arg(long, default_value = "examples")]
         examples: PathBuf,
+        /// After the job, keep everything running on BDJOBS_LISTEN (127.0.0.1:8080) and print the
+        /// web console's URL and an API key to sign in with; stop with Ctrl-C.
+        #[arg(long)]
+        serve: bool,
     },
     /// Apply migrations, then run the API, a worker and a projector in one process.
     All,
@@ -66,6 +70,47 @@ enum Command {
     Watch {
         /// The job's id (from POST /api/v1/bd/jobs).
         job_id: String,
+        /// Base URL of the API.
+        #[arg(long, env = "BDJOBS_API_URL", default_value = "http://127.0.0.1:8080")]
+        api: String,
+        /// API key (dc_...). Prefer the environment variable: a flag shows in `ps`.
+        #[arg(long, env = "BDJOBS_API_KEY", hide_env_values = true)]
+        key: String,
+    },
+    /// Submit a CSV or JSON Lines file of contacts or companies as a job; with --wait follow it
+    /// with a progress bar, with --out also save its CSV deliverable.
+    #[command(
+        long_about = "Submit a CSV (header row) or JSON Lines file of contacts or companies as a job, \
+through the API (POST /api/v1/bd/jobs, multipart). Columns as in `directory import`: contacts have \
+first_name, last_name, full_name, title, email, company_name, company_domain, linkedin_url; \
+companies have domain, name, employee_count, industry, country, linkedin_url. Other columns are \
+ignored (the job warns). Problems are reported with their line numbers and nothing is submitted.\n\n\
+Without --wait, prints the job's id and exits 0. With --wait (or --out), follows the job with a \
+progress bar like `watch` and exits 0 when it completes, 1 when it fails (reason printed), 2 when \
+it is cancelled; --out FILE saves the completed job's CSV deliverable there."
+    )]
+    Submit {
+        /// The file: .csv, .jsonl or .ndjson.
+        file: PathBuf,
+        /// The preset to run (full_pipeline, verify_existing_emails,
+        /// company_size_and_email_verify, enrich_contacts_from_companies).
+        #[arg(long, required_unless_present = "capabilities")]
+        preset: Option<String>,
+        /// The capabilities to run instead of a preset, comma-separated.
+        #[arg(long, value_delimiter = ',', conflicts_with = "preset")]
+        capabilities: Vec<String>,
+        /// What the file holds; guessed from its columns when not given.
+        #[arg(long = "as", value_enum)]
+        kind: Option<RecordKind>,
+        /// A chat id (UUID) to associate the job with.
+        #[arg(long)]
+        chat_id: Option<uuid::Uuid>,
+        /// Follow the job until it ends.
+        #[arg(long)]
+        wait: bool,
+        /// Save the completed job's CSV deliverable to this file (implies --wait).
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Base URL of the API.
         #[arg(long, env = "BDJOBS_API_URL", default_value = "http://127.0.0.1:8080")]
         api: String,
@@ -101,6 +146,12 @@ in and the result is swapped in under a short lock. Without options, replays eve
         #[command(subcommand)]
         command: EventsCommand,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RecordKind {
+    Contacts,
+    Companies,
 }
 
 #[derive(Subcommand)]
@@ -252,7 +303,47 @@ async fn run(loaded: config::Loaded<Cli>) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Demo { examples } => bdjobs::demo::run(config, &examples).await,
+        Command::Demo { examples, serve } => bdjobs::demo::run(config, &examples, serve).await,
+        Command::Submit {
+            file,
+            preset,
+            capabilities,
+            kind,
+            chat_id,
+            wait,
+            out,
+            api,
+            key,
+        } => {
+            let submit = bdjobs::cli::submit::Submit {
+                file,
+                preset,
+                capabilities,
+                kind: kind.map(|k| match k {
+                    RecordKind::Contacts => bdjobs::domain::table::Kind::Contacts,
+                    RecordKind::Companies => bdjobs::domain::table::Kind::Companies,
+                }),
+                chat_id,
+                wait,
+                out,
+                api,
+                key,
+            };
+            let done = bdjobs::cli::submit::run(&submit, std::io::stderr().is_terminal()).await?;
+            let id = &done.job_id;
+            match &done.outcome {
+                None => println!("{id}"),
+                Some(bdjobs::watch::Outcome::Completed) => match (&submit.out, done.written) {
+                    (Some(out), Some(n)) => {
+                        println!("job {id} completed; wrote {n} bytes to {}", out.display())
+                    }
+                    _ => println!("job {id} completed"),
+                },
+                Some(bdjobs::watch::Outcome::Failed(why)) => eprintln!("job {id} failed: {why}"),
+                Some(bdjobs::watch::Outcome::Cancelled) => eprintln!("job {id} was cancelled"),
+            }
+            std::process::exit(done.outcome.map_or(0, |o| o.exit_code()));
+        }
         Command::All => {
             let pool = app::migrate(&config).await?;
             let listener = bind(&config).await?;

@@ -1,0 +1,3 @@
+//! Bodies of the CLI's client commands (the binary's `main` parses and dispatches).
+
+pub mod submit;
