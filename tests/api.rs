@@ -624,10 +624,21 @@ async fn a_csv_upload_runs_like_the_same_records_sent_as_json_and_bad_lines_are_
         .await
         .unwrap();
     assert_error(resp, 422, "input_assets is not allowed here").await;
-    let resp = post(upload_form(&preset, "notes", "a.csv", csv), "")
+    let resp = post(upload_form(&preset, "contact", "a.csv", csv), "")
         .await
         .unwrap();
-    assert_error(resp, 422, "contacts or companies file part").await;
+    assert_error(resp, 422, "unknown part \"contact\"").await;
+    let only_job = reqwest::multipart::Form::new().text("job", preset.to_string());
+    assert_error(
+        post(only_job, "").await.unwrap(),
+        422,
+        "contacts or companies file part",
+    )
+    .await;
+    let resp = post(upload_form(&preset, "contacts", "a.csv", "email\n"), "")
+        .await
+        .unwrap();
+    assert_error(resp, 422, "a.csv: the file holds no records").await;
     let resp = post(
         upload_form(&preset, "contacts", "a.csv", csv),
         "?dry_run=maybe",

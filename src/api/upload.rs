@@ -1,5 +1,5 @@
 //! The body of `POST /bd/jobs` in either of its two forms: a JSON document, or
-//! `multipart/form-data` with a `job` part (the same JSON, its `input_assets` optional) and a
+//! `multipart/form-data` with a `job` part (the same JSON without `input_assets`) and a
 //! `contacts` and/or `companies` part holding a CSV or JSON Lines file, as a spreadsheet exports
 //! it. Files are read with the rules of `bdjobs directory import` (`domain::table`), and their
 //! problems name the file's lines.
@@ -69,6 +69,12 @@ fn job_part(bytes: &[u8]) -> Result<CreateJob, ApiError> {
     serde_json::from_value(value).map_err(|e| ApiError::Unprocessable(format!("job part: {e}")))
 }
 
+/// A file part must hold at least one record (or one line that tried to be one): an empty
+/// file is a mistake, not a request to process nothing.
+fn no_records(name: &str) -> ApiError {
+    ApiError::Unprocessable(format!("{name}: the file holds no records"))
+}
+
 fn is_multipart(headers: &axum::http::HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -130,9 +136,12 @@ impl<S: Send + Sync> FromRequest<S> for JobRequest {
                 job = Some(job_part(&bytes)?);
                 continue;
             }
-            // Other parts are ignored, as unknown fields of a JSON body are.
+            // Unlike a JSON body's unknown fields, an unknown part is refused: it is most likely
+            // a misnamed file (`contact`, `file`), whose records would otherwise be lost.
             let Some(kind) = Kind::parse(&part) else {
-                continue;
+                return Err(ApiError::Unprocessable(format!(
+                    "unknown part {part:?}: expected job, contacts or companies"
+                )));
             };
             if files.iter().any(|(k, ..)| *k == kind) {
                 return Err(ApiError::Unprocessable(format!(
@@ -181,6 +190,13 @@ impl<S: Send + Sync> FromRequest<S> for JobRequest {
                         body.input_assets.companies = serde_json::from_str(&text).map_err(bad)?
                     }
                 }
+                let records = match kind {
+                    Kind::Contacts => body.input_assets.contacts.len(),
+                    Kind::Companies => body.input_assets.companies.len(),
+                };
+                if records == 0 {
+                    return Err(no_records(&name));
+                }
                 read.push(UploadedFile {
                     kind,
                     name,
@@ -190,6 +206,9 @@ impl<S: Send + Sync> FromRequest<S> for JobRequest {
             }
             let rows = table::parse(format, &text)
                 .map_err(|e| ApiError::Unprocessable(format!("{name}: {e}")))?;
+            if rows.is_empty() {
+                return Err(no_records(&name));
+            }
             let records = table::job_records(kind, &name, rows);
             match kind {
                 Kind::Contacts => body.input_assets.contacts = records.contacts,
