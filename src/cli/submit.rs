@@ -2,26 +2,60 @@
 //! job through the API (`multipart/form-data`, the same request the web console sends), then
 //! optionally follows it with `watch`'s progress bar and saves its CSV deliverable.
 
+use super::watch::{self, Outcome};
 use crate::domain::table::{self, Format, Kind};
-use crate::watch::{self, Outcome};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
-/// What to submit and what to do after.
-#[derive(Debug, Clone)]
-pub struct Submit {
+/// What to submit and what to do after (`bdjobs submit`'s arguments).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SubmitArgs {
+    /// The file: .csv, .jsonl or .ndjson.
     pub file: PathBuf,
+    /// The preset to run (full_pipeline, verify_existing_emails,
+    /// company_size_and_email_verify, enrich_contacts_from_companies).
+    #[arg(long, required_unless_present = "capabilities")]
     pub preset: Option<String>,
+    /// The capabilities to run instead of a preset, comma-separated.
+    #[arg(long, value_delimiter = ',', conflicts_with = "preset")]
     pub capabilities: Vec<String>,
-    /// Contacts or companies; `None` guesses from the columns.
-    pub kind: Option<Kind>,
+    /// What the file holds; guessed from its columns when not given.
+    #[arg(long = "as", value_enum)]
+    pub kind: Option<RecordKind>,
+    /// A chat id (UUID) to associate the job with.
+    #[arg(long)]
     pub chat_id: Option<uuid::Uuid>,
+    /// Follow the job until it ends.
+    #[arg(long)]
     pub wait: bool,
+    /// Save the completed job's CSV deliverable to this file (implies --wait).
+    #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Base URL of the API.
+    #[arg(long, env = "BDJOBS_API_URL", default_value = "http://127.0.0.1:8080")]
     pub api: String,
+    /// API key (dc_...). Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, env = "BDJOBS_API_KEY", hide_env_values = true)]
     pub key: String,
+}
+
+/// `--as`: what the file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecordKind {
+    Contacts,
+    Companies,
+}
+
+impl From<RecordKind> for Kind {
+    fn from(k: RecordKind) -> Self {
+        match k {
+            RecordKind::Contacts => Kind::Contacts,
+            RecordKind::Companies => Kind::Companies,
+        }
+    }
 }
 
 /// How a submission ended: the process exit code (as `watch`'s: 0 completed or merely
@@ -46,7 +80,7 @@ fn client(api: &str) -> anyhow::Result<reqwest::Client> {
     http.build().context("cannot build an HTTP client")
 }
 
-fn job_part(s: &Submit) -> anyhow::Result<Value> {
+fn job_part(s: &SubmitArgs) -> anyhow::Result<Value> {
     let mut job = match (&s.preset, s.capabilities.is_empty()) {
         (Some(p), true) => json!({ "preset": p }),
         (None, false) => json!({ "requested_capabilities": s.capabilities }),
@@ -88,7 +122,7 @@ fn refusal(status: reqwest::StatusCode, body: &Value) -> String {
 
 /// Submits the file; with `wait` (implied by `out`) follows the job to its end, drawing a bar on
 /// stderr when `show_bar`.
-pub async fn run(s: &Submit, show_bar: bool) -> anyhow::Result<Submitted> {
+pub async fn submit(s: &SubmitArgs, show_bar: bool) -> anyhow::Result<Submitted> {
     let base = s.api.trim_end_matches('/');
     let job = job_part(s)?;
     let data =
@@ -99,7 +133,7 @@ pub async fn run(s: &Submit, show_bar: bool) -> anyhow::Result<Submitted> {
             s.file.display()
         )
     })?;
-    let kind = kind_of(&s.file, &text, s.kind);
+    let kind = kind_of(&s.file, &text, s.kind.map(Kind::from));
     let file_name = s
         .file
         .file_name()
@@ -151,6 +185,25 @@ pub async fn run(s: &Submit, show_bar: bool) -> anyhow::Result<Submitted> {
     }
     done.outcome = Some(outcome);
     Ok(done)
+}
+
+/// Submits, prints what happened (the job id, or how it ended and what was written) and
+/// returns the exit code: 0 submitted or completed, 1 failed, 2 cancelled.
+pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let done = submit(&args, super::show_progress()).await?;
+    let id = &done.job_id;
+    match &done.outcome {
+        None => println!("{id}"),
+        Some(Outcome::Completed) => match (&args.out, done.written) {
+            (Some(out), Some(n)) => {
+                println!("job {id} completed; wrote {n} bytes to {}", out.display())
+            }
+            _ => println!("job {id} completed"),
+        },
+        Some(Outcome::Failed(why)) => eprintln!("job {id} failed: {why}"),
+        Some(Outcome::Cancelled) => eprintln!("job {id} was cancelled"),
+    }
+    Ok(ExitCode::from(done.outcome.map_or(0, |o| o.exit_code())))
 }
 
 /// Saves the job's CSV asset to `out` (through a temporary file beside it, so that a failed
@@ -211,8 +264,8 @@ async fn save_csv(
 mod tests {
     use super::*;
 
-    fn submit() -> Submit {
-        Submit {
+    fn args() -> SubmitArgs {
+        SubmitArgs {
             file: "x.csv".into(),
             preset: None,
             capabilities: vec![],
@@ -227,16 +280,16 @@ mod tests {
 
     #[test]
     fn a_job_needs_exactly_one_of_a_preset_and_capabilities() {
-        assert!(job_part(&submit()).is_err());
-        let with_both = Submit {
+        assert!(job_part(&args()).is_err());
+        let with_both = SubmitArgs {
             preset: Some("full_pipeline".into()),
             capabilities: vec!["email_verify".into()],
-            ..submit()
+            ..args()
         };
         assert!(job_part(&with_both).is_err());
-        let preset = Submit {
+        let preset = SubmitArgs {
             preset: Some("verify_existing_emails".into()),
-            ..submit()
+            ..args()
         };
         assert_eq!(
             job_part(&preset).unwrap(),

@@ -7,21 +7,21 @@
 //! it listens on `BDJOBS_LISTEN` (127.0.0.1:8080) and keeps running after the job, printing the
 //! web console's URL and the key to sign in with, until Ctrl-C.
 
-use crate::adapters::db;
 use crate::adapters::dns_stub::{StubDns, StubZone};
+use crate::adapters::{db, progress};
 use crate::app;
 use crate::config::Config;
 use crate::domain::ids::TenantId;
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How long the demo waits for its job before giving up.
 const DEADLINE: Duration = Duration::from_secs(120);
 
-pub async fn run(mut config: Config, examples: &Path, serve: bool) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, examples: &Path, serve: bool) -> anyhow::Result<ExitCode> {
     let read = |name: &str| {
         let path = examples.join(name);
         std::fs::read_to_string(&path).with_context(|| {
@@ -38,7 +38,7 @@ pub async fn run(mut config: Config, examples: &Path, serve: bool) -> anyhow::Re
     eprintln!("==> preparing the database");
     let pool = app::migrate(&config).await?;
     let report =
-        crate::import::import_file(&pool, &examples.join("directory.jsonl"), false).await?;
+        super::import::import_file(&pool, &examples.join("directory.jsonl"), false).await?;
     eprintln!(
         "    directory: {} companies and {} people imported",
         report.companies, report.people
@@ -106,7 +106,7 @@ pub async fn run(mut config: Config, examples: &Path, serve: bool) -> anyhow::Re
     if result["status"] != "completed" {
         bail!("the demo job ended {}", result["status"]);
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn submit_and_wait(
@@ -141,12 +141,7 @@ async fn submit_and_wait(
         .context("no job_id in the response")?
         .to_owned();
     eprintln!("==> submitted job {job_id}");
-    let bar = ProgressBar::new(100);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:40}] {pos:>3}% {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
+    let bar = progress::bar(true, 100, progress::PERCENT);
     let started = Instant::now();
     loop {
         let job = get_json(
