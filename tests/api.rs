@@ -628,6 +628,11 @@ async fn a_csv_upload_runs_like_the_same_records_sent_as_json_and_bad_lines_are_
         .await
         .unwrap();
     assert_error(resp, 422, "unknown part \"contact\"").await;
+    let two_files = upload_form(&preset, "contacts", "a.csv", csv).part(
+        "companies",
+        reqwest::multipart::Part::text("domain\nlumen.example\n").file_name("b.csv"),
+    );
+    assert_error(post(two_files, "").await.unwrap(), 422, "one file part").await;
     let only_job = reqwest::multipart::Form::new().text("job", preset.to_string());
     assert_error(
         post(only_job, "").await.unwrap(),

@@ -1,6 +1,6 @@
 //! The body of `POST /bd/jobs` in either of its two forms: a JSON document, or
 //! `multipart/form-data` with a `job` part (the same JSON without `input_assets`) and a
-//! `contacts` and/or `companies` part holding a CSV or JSON Lines file, as a spreadsheet exports
+//! `contacts` or a `companies` part holding a CSV or JSON Lines file, as a spreadsheet exports
 //! it. Files are read with the rules of `bdjobs directory import` (`domain::table`), and their
 //! problems name the file's lines.
 
@@ -143,10 +143,12 @@ impl<S: Send + Sync> FromRequest<S> for JobRequest {
                     "unknown part {part:?}: expected job, contacts or companies"
                 )));
             };
-            if files.iter().any(|(k, ..)| *k == kind) {
-                return Err(ApiError::Unprocessable(format!(
-                    "the {part} part is given twice"
-                )));
+            // One file a job: the limits (10,000 records) then hold for the file alone, which a
+            // schema can state and a person can check in the spreadsheet.
+            if !files.is_empty() {
+                return Err(ApiError::Unprocessable(
+                    "send one file part, contacts or companies, not two".into(),
+                ));
             }
             let text = String::from_utf8(bytes.to_vec()).map_err(|e| {
                 ApiError::Unprocessable(format!(
