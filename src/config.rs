@@ -99,6 +99,72 @@ pub struct Config {
     #[arg(long, env = "BDJOBS_SMTP_PORT", default_value_t = 25, global = true)]
     pub smtp_port: u16,
 
+    /// Name the probe gives in EHLO. Set it to a host name of yours whose forward and reverse
+    /// DNS match the prober's public IP: real mail servers refuse the placeholder.
+    #[arg(
+        long,
+        env = "BDJOBS_SMTP_HELO",
+        default_value = PLACEHOLDER_HELO,
+        global = true
+    )]
+    pub smtp_helo: String,
+
+    /// Envelope sender of the probe (MAIL FROM), at a domain you own; no mail is ever sent from
+    /// it. Real mail servers refuse the placeholder.
+    #[arg(
+        long,
+        env = "BDJOBS_SMTP_MAIL_FROM",
+        default_value = PLACEHOLDER_MAIL_FROM,
+        global = true
+    )]
+    pub smtp_mail_from: String,
+
+    /// SMTP sessions one worker holds open at once, across its jobs.
+    #[arg(
+        long,
+        env = "BDJOBS_SMTP_CONCURRENCY",
+        default_value_t = 50,
+        global = true
+    )]
+    pub smtp_concurrency: usize,
+
+    /// SMTP sessions one worker holds open at once with one mail-server IP; lowered by itself
+    /// for a server that answers 421 or refuses connections.
+    #[arg(long, env = "BDJOBS_SMTP_PER_HOST", default_value_t = 5, global = true)]
+    pub smtp_per_host: usize,
+
+    /// Seconds before a greylisted recipient (4xx on RCPT) is asked again; retried 3 times
+    /// within the job's time, then `unknown`.
+    #[arg(
+        long,
+        env = "BDJOBS_SMTP_GREYLIST_SECS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub smtp_greylist_secs: u64,
+
+    /// Seconds a worker remembers definite SMTP verdicts (accepted, rejected, catch-all
+    /// domain) across jobs, at most 100,000 of them; 0 turns the cache off.
+    #[arg(
+        long,
+        env = "BDJOBS_SMTP_CACHE_SECS",
+        default_value_t = 3600,
+        global = true
+    )]
+    pub smtp_cache_secs: u64,
+
+    /// Probe mail servers whose addresses are loopback, private (RFC 1918), CGNAT, link-local,
+    /// unique-local, multicast or unspecified. Off in production: an MX pointing there would
+    /// make the prober knock on internal networks. The demo and the tests turn it on.
+    #[arg(
+        long,
+        env = "BDJOBS_SMTP_ALLOW_PRIVATE",
+        value_enum,
+        default_value = "off",
+        global = true
+    )]
+    pub smtp_allow_private: Switch,
+
     /// Jobs one worker process runs at once. Jobs mostly wait on DNS, SMTP and the database, so
     /// this can well exceed the number of cores.
     #[arg(
@@ -329,6 +395,11 @@ pub struct ConfigFile {
     )]
     pub config: Option<PathBuf>,
 }
+
+/// The EHLO name used until an operator sets `BDJOBS_SMTP_HELO`.
+pub const PLACEHOLDER_HELO: &str = "bdjobs.invalid";
+/// The MAIL FROM used until an operator sets `BDJOBS_SMTP_MAIL_FROM`.
+pub const PLACEHOLDER_MAIL_FROM: &str = "probe@bdjobs.invalid";
 
 /// The file read when neither `--config` nor `BDJOBS_CONFIG` names one (and it exists).
 pub const DEFAULT_FILE: &str = "bdjobs.toml";

@@ -109,6 +109,14 @@ pub struct ParsedEmail {
     pub address: String,
 }
 
+impl ParsedEmail {
+    /// A non-ASCII local part can only be sent to a server that offers
+    /// SMTPUTF8 (RFC 6531).
+    pub fn needs_smtputf8(&self) -> bool {
+        !self.local.is_ascii()
+    }
+}
+
 /// Turns user input that names a company domain — possibly a URL such as
 /// `https://www.Example.com/about` — into the bare ASCII domain `example.com`.
 pub fn normalize_domain(input: &str) -> Result<String, DomainError> {
@@ -199,7 +207,8 @@ fn canonical_host(input: &str) -> Result<String, DomainError> {
 const ATEXT_SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~";
 
 /// Parses an address with RFC 5321 length limits and an RFC 5322 dot-atom
-/// local part.
+/// local part, extended by RFC 6531 to UTF-8 (`êjness@iana.org`); the domain
+/// comes back as its A-label, which is what DNS and the SMTP probe use.
 ///
 /// The local part is lowercased: RFC 5321 allows case-sensitive mailboxes, but
 /// no mainstream provider uses them, and a single canonical form is what lets
@@ -223,10 +232,15 @@ pub fn parse_email(input: &str) -> Result<ParsedEmail, SyntaxError> {
     if local.len() > 64 {
         return Err(SyntaxError::LocalPartTooLong(local.len()));
     }
-    if let Some(c) = local
-        .chars()
-        .find(|&c| !(c.is_ascii_alphanumeric() || c == '.' || ATEXT_SPECIALS.contains(c)))
-    {
+    // RFC 6531 extends atext with any non-ASCII UTF-8 character; controls and
+    // spaces stay out (they could end an SMTP command line).
+    let allowed = |c: char| {
+        c.is_ascii_alphanumeric()
+            || c == '.'
+            || ATEXT_SPECIALS.contains(c)
+            || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+    };
+    if let Some(c) = local.chars().find(|&c| !allowed(c)) {
         return Err(SyntaxError::InvalidLocalCharacter(c));
     }
     if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
@@ -342,10 +356,13 @@ pub fn is_disposable(domain: &str) -> bool {
     false
 }
 
-/// Folds the individual checks into one verdict, strongest evidence first:
-/// any definite failure makes the address Invalid; otherwise an unfinished
-/// network check makes it Unknown; otherwise any flag (disposable, role,
-/// implicit MX, catch-all server) makes it Risky; otherwise Verified.
+/// Folds the individual checks into one verdict; a definite finding beats an
+/// inconclusive one. Any definite failure (bad syntax, no mail server, a 5xx
+/// "no such user") makes the address Invalid; otherwise a disposable domain or
+/// a role account makes it Risky even when a network check could not finish
+/// (what the address *is* does not depend on the network); otherwise an
+/// unfinished network check makes it Unknown; otherwise an implicit MX or a
+/// catch-all server makes it Risky; otherwise Verified.
 /// `Skipped` never lowers a verdict: an address is Verified on syntax + MX
 /// alone when SMTP probing is switched off.
 pub fn classify(checks: &EmailChecks) -> EmailStatus {
@@ -353,14 +370,13 @@ pub fn classify(checks: &EmailChecks) -> EmailStatus {
     if checks.syntax == Check::Fail || checks.mx == Check::Fail || checks.smtp == Check::Fail {
         return EmailStatus::Invalid;
     }
+    if flagged(checks.disposable) || flagged(checks.role) {
+        return EmailStatus::Risky;
+    }
     if [checks.syntax, checks.mx, checks.smtp].contains(&Check::Unknown) {
         return EmailStatus::Unknown;
     }
-    if flagged(checks.disposable)
-        || flagged(checks.role)
-        || checks.mx == Check::Warn
-        || checks.smtp == Check::Warn
-    {
+    if checks.mx == Check::Warn || checks.smtp == Check::Warn {
         return EmailStatus::Risky;
     }
     EmailStatus::Verified
@@ -816,7 +832,7 @@ mod tests {
     }
 
     #[test]
-    fn spaces_commas_and_non_ascii_are_rejected_in_the_local_part() {
+    fn spaces_commas_and_controls_are_rejected_in_the_local_part() {
         assert_eq!(
             parse_email("john doe@example.com"),
             Err(SyntaxError::InvalidLocalCharacter(' '))
@@ -826,8 +842,39 @@ mod tests {
             Err(SyntaxError::InvalidLocalCharacter(','))
         );
         assert_eq!(
-            parse_email("jörg@example.com"),
-            Err(SyntaxError::InvalidLocalCharacter('ö'))
+            parse_email("jo\u{85}rg@example.com"),
+            Err(SyntaxError::InvalidLocalCharacter('\u{85}'))
+        );
+        assert_eq!(
+            parse_email("jo\u{3000}rg@example.com"),
+            Err(SyntaxError::InvalidLocalCharacter('\u{3000}'))
+        );
+    }
+
+    #[test]
+    fn utf8_local_parts_pass_and_the_domain_becomes_its_a_label() {
+        let e = parse_email("êjness@iana.org").unwrap();
+        assert_eq!(e.local, "êjness");
+        assert_eq!(e.domain, "iana.org");
+        assert!(e.needs_smtputf8());
+        let e = parse_email("伊昭傑@郵件.商務").unwrap();
+        assert_eq!(e.local, "伊昭傑");
+        assert!(
+            e.domain.starts_with("xn--") && e.domain.is_ascii(),
+            "{}",
+            e.domain
+        );
+        assert_eq!(e.address, format!("伊昭傑@{}", e.domain));
+        assert!(!parse_email("jane@acme.test").unwrap().needs_smtputf8());
+    }
+
+    #[test]
+    fn a_utf8_local_part_is_limited_to_64_octets_not_characters() {
+        // 22 three-octet characters: 66 octets.
+        let local = "伊".repeat(22);
+        assert_eq!(
+            parse_email(&format!("{local}@iana.org")),
+            Err(SyntaxError::LocalPartTooLong(66))
         );
     }
 
@@ -969,13 +1016,33 @@ mod tests {
     }
 
     #[test]
-    fn unknown_beats_risky() {
-        let c = checks(
+    fn a_disposable_or_role_address_is_risky_even_when_the_network_did_not_answer() {
+        let disposable = checks(
             Check::Pass,
             Check::Fail,
             Check::Pass,
             Check::Unknown,
             Check::Skipped,
+        );
+        assert_eq!(classify(&disposable), EmailStatus::Risky);
+        let role = checks(
+            Check::Pass,
+            Check::Pass,
+            Check::Fail,
+            Check::Pass,
+            Check::Unknown,
+        );
+        assert_eq!(classify(&role), EmailStatus::Risky);
+    }
+
+    #[test]
+    fn an_unfinished_check_beats_an_implicit_mx_or_a_catch_all() {
+        let c = checks(
+            Check::Pass,
+            Check::Pass,
+            Check::Pass,
+            Check::Warn,
+            Check::Unknown,
         );
         assert_eq!(classify(&c), EmailStatus::Unknown);
     }

@@ -6,6 +6,7 @@
 
 pub mod pipeline;
 pub mod sources;
+pub mod verify;
 
 use crate::adapters::broker::{self, BrokerError, Confirm, Outgoing, Publisher, Topology};
 use crate::adapters::db::{self, DbError};
