@@ -675,7 +675,7 @@ fn submitter(
                             status.is_server_error() || status == 429,
                             "POST answered {status}"
                         );
-                        if attempt == 1 || attempt % 25 == 0 {
+                        if attempt == 1 || attempt.is_multiple_of(25) {
                             eprintln!(
                                 "cluster: job {i}: {status} {}",
                                 r.text().await.unwrap_or_default()
@@ -683,7 +683,7 @@ fn submitter(
                         }
                     }
                     Err(e) => {
-                        if attempt == 1 || attempt % 25 == 0 {
+                        if attempt == 1 || attempt.is_multiple_of(25) {
                             eprintln!("cluster: job {i}: {e}");
                         }
                     }

@@ -6,6 +6,7 @@ mod common;
 use bdjobs::adapters::broker::RUN_JOB_KEY;
 use bdjobs::adapters::db;
 use bdjobs::adapters::storage;
+use bdjobs::adapters::Retryable;
 use bdjobs::domain::ids::{JobId, TenantId};
 use bdjobs::domain::input::{RawContact, RawInput};
 use bdjobs::domain::job::{fold, JobStatus, JobView};
@@ -13,7 +14,7 @@ use bdjobs::domain::messages::{
     run_job_command, Created, Event, EventRecord, JobRef, Position, RawEnvelope, RunJob,
 };
 use bdjobs::domain::plan::{plan, Request};
-use bdjobs::projector::{apply, Applied};
+use bdjobs::read_model::{apply, Applied};
 use bdjobs::worker::pipeline::Sources;
 use bdjobs::worker::sources::StaticDirectory;
 use bdjobs::worker::{process_one, VecSink};
@@ -223,8 +224,8 @@ async fn concurrent_batches_with_repeats_inside_them_give_the_same_read_model() 
     forward.extend(all.iter().take(4).cloned());
     let backward: Vec<RawEnvelope> = all.iter().rev().cloned().collect();
     let (a, b) = tokio::join!(
-        bdjobs::projector::apply_batch(&res.pool, &store, &forward),
-        bdjobs::projector::apply_batch(&res.pool, &store, &backward),
+        bdjobs::read_model::apply_batch(&res.pool, &store, &forward),
+        bdjobs::read_model::apply_batch(&res.pool, &store, &backward),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     let fresh = a

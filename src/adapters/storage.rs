@@ -18,15 +18,17 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    pub fn is_retryable(&self) -> bool {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::Backend(e) if e.kind() == ErrorKind::NotFound)
+    }
+}
+
+impl crate::adapters::Retryable for StorageError {
+    fn is_retryable(&self) -> bool {
         match self {
             StorageError::Config(..) => false,
             StorageError::Backend(e) => e.is_temporary() || e.kind() == ErrorKind::Unexpected,
         }
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, StorageError::Backend(e) if e.kind() == ErrorKind::NotFound)
     }
 }
 
@@ -136,6 +138,16 @@ pub fn operator_with(
 pub async fn put(op: &Operator, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
     op.write(key, bytes).await?;
     Ok(())
+}
+
+/// Bytes `range` of an object as a stream, read a chunk at a time: a download never holds the
+/// whole object in memory.
+pub async fn read_range(
+    op: &Operator,
+    key: &str,
+    range: std::ops::Range<u64>,
+) -> Result<opendal::FuturesBytesStream, StorageError> {
+    Ok(op.reader(key).await?.into_bytes_stream(range).await?)
 }
 
 pub async fn get(op: &Operator, key: &str) -> Result<Vec<u8>, StorageError> {

@@ -1,6 +1,7 @@
 //! The one error type of the HTTP API. Every error body is `{"detail": "..."}`; a 5xx never
 //! carries internals (they go to the log, with the request's span).
 
+use crate::adapters::Retryable;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -54,9 +55,13 @@ impl From<tokio_postgres::Error> for ApiError {
     }
 }
 
-impl From<crate::projector::ProjectorError> for ApiError {
-    fn from(e: crate::projector::ProjectorError) -> Self {
-        ApiError::Internal(e.into())
+impl From<crate::read_model::ReadModelError> for ApiError {
+    /// A database error keeps its meaning (503 when a retry can cure it); the rest is a 500.
+    fn from(e: crate::read_model::ReadModelError) -> Self {
+        match e {
+            crate::read_model::ReadModelError::Database(e) => e.into(),
+            e => ApiError::Internal(e.into()),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod sources;
 
 use crate::adapters::broker::{self, BrokerError, Confirm, Outgoing, Publisher, Topology};
 use crate::adapters::db::{self, DbError};
+use crate::adapters::Retryable;
 use crate::domain::ids::JobId;
 use crate::domain::messages::{
     Cancelled, Command, Event, Failed, JobRef, Position, Progress, RawEnvelope, Started, Warning,
@@ -37,8 +38,8 @@ pub enum WorkerError {
     Fatal(String),
 }
 
-impl WorkerError {
-    pub fn is_retryable(&self) -> bool {
+impl crate::adapters::Retryable for WorkerError {
+    fn is_retryable(&self) -> bool {
         match self {
             WorkerError::Database(e) => e.is_retryable(),
             WorkerError::Broker(e) => e.is_retryable(),
@@ -386,21 +387,10 @@ pub async fn run(
         config.topology.clone(),
     ));
     let sink: Arc<dyn EventSink> = Arc::new(BrokerSink(publisher));
-    let mut failures = 0u32;
-    while !shutdown.is_cancelled() {
-        match consume(&config, &sources, &sink, &pool, &shutdown).await {
-            Ok(()) => break,
-            Err(e) => {
-                failures += 1;
-                let wait = broker::backoff(failures);
-                tracing::warn!(error = %e, ?wait, "worker lost the broker; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-            }
-        }
-    }
+    broker::reconnecting("worker", &shutdown, || {
+        consume(&config, &sources, &sink, &pool, &shutdown)
+    })
+    .await;
     tracing::info!("worker stopped");
     Ok(())
 }

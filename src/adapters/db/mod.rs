@@ -28,11 +28,11 @@ pub enum DbError {
     Corrupt(String),
 }
 
-impl DbError {
+impl crate::adapters::Retryable for DbError {
     /// Connection trouble, serialization failures, deadlocks and a host that no longer takes
     /// writes (a primary demoted in a failover: the pool drops it and finds the new one) pass;
     /// constraint and syntax errors do not.
-    pub fn is_retryable(&self) -> bool {
+    fn is_retryable(&self) -> bool {
         match self {
             DbError::Pool(_) => true,
             DbError::Query(e) => match e.code() {
