@@ -173,8 +173,14 @@ impl Cluster {
     }
 
     async fn api(&mut self) -> usize {
+        self.api_with(&[]).await
+    }
+
+    async fn api_with(&mut self, extra: &[(&str, String)]) -> usize {
         let port = free_port();
-        let i = self.spawn("api", &[("BDJOBS_LISTEN", format!("127.0.0.1:{port}"))]);
+        let mut env = vec![("BDJOBS_LISTEN", format!("127.0.0.1:{port}"))];
+        env.extend(extra.iter().cloned());
+        let i = self.spawn("api", &env);
         let base = format!("http://127.0.0.1:{port}");
         let started = Instant::now();
         while self
@@ -581,4 +587,128 @@ async fn sigterm_lets_running_jobs_finish_and_every_role_exits_zero() {
         );
     }
     verdict.report("sigterm", Some(in_flight), took);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_killed_between_commit_and_publish_leaves_the_job_to_the_relay_and_a_late_copy_is_skipped(
+) {
+    use lapin::options::{
+        BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+    };
+    let mut c = Cluster::new("f_api_kill").await;
+    let topology = c.res.topology();
+    let conn = bdjobs::adapters::broker::connect(&c.res.config.amqp_url, "test-copy")
+        .await
+        .unwrap();
+    topology.declare(&conn).await.unwrap();
+    // A copy of every command (a server-named queue, gone with the connection), to deliver
+    // one again once its job has finished.
+    let ch = conn.create_channel().await.unwrap();
+    let copy = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        copy.name().clone(),
+        topology.commands_exchange().into(),
+        bdjobs::adapters::broker::RUN_JOB_KEY.into(),
+        QueueBindOptions::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+
+    // An API that aborts right after the commit, before the publish (test-only hook).
+    let crashing = c
+        .api_with(&[("BDJOBS_TEST_CRASH_AFTER_COMMIT", "1".into())])
+        .await;
+    let answer = c
+        .http
+        .post(format!("{}/api/v1/bd/jobs", c.apis[0]))
+        .bearer_auth(&c.key)
+        .json(&slow_job(0))
+        .send()
+        .await;
+    assert!(answer.is_err(), "the API answered: {answer:?}");
+    let status = c.procs[crashing].child.wait().unwrap();
+    assert!(!status.success(), "the API did not die: {status:?}");
+    c.apis.clear();
+    let client = c.res.pool.get().await.unwrap();
+    let ids: Vec<String> = client
+        .query("SELECT job_id::text FROM jobs", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), 1, "the commit happened");
+    let outbox: i64 = client
+        .query_one("SELECT count(*) FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outbox, 1, "the command waits in the outbox");
+    let copied = ch
+        .queue_declare(
+            copy.name().clone(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
+    assert_eq!(copied, 0, "nothing was published before the crash");
+
+    // Another API's relay publishes the command; a worker runs it.
+    c.api().await;
+    c.spawn("worker", &[]);
+    c.spawn("projector", &[]);
+    let relayed = Instant::now();
+    c.wait_all(&ids, Duration::from_secs(60)).await;
+    c.audit(&ids, 1)
+        .await
+        .report("api_sigkill_after_commit", Some(1), relayed.elapsed());
+
+    // The same command delivered again after its job finished: the worker acknowledges it
+    // without running it (the audit's one run stands), and the queues drain.
+    let late = ch
+        .basic_get(copy.name().clone(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the relayed command was copied");
+    ch.basic_publish(
+        topology.commands_exchange().into(),
+        bdjobs::adapters::broker::RUN_JOB_KEY.into(),
+        BasicPublishOptions::default(),
+        &late.delivery.data,
+        late.delivery.properties.clone(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let started = Instant::now();
+    while !c.logs().contains("job already finished") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no worker skipped the late command\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.audit(&ids, 1)
+        .await
+        .report("late_duplicate_command", Some(1), started.elapsed());
+    let _ = conn.close(200, "done".into()).await;
 }
