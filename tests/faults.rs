@@ -140,11 +140,10 @@ impl Cluster {
         }
     }
 
-    fn spawn(&mut self, role: &str, extra: &[(&str, String)]) -> usize {
-        let n = self.procs.len();
-        let log = self.res.assets.path().join(format!("{role}-{n}.log"));
+    /// `bdjobs ARGS` with the environment every process of the scenario shares.
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bdjobs"));
-        cmd.arg(role)
+        cmd.args(args)
             .env_remove("BDJOBS_CONFIG")
             .env("DATABASE_URL", &self.res.config.database_url)
             .env("AMQP_URL", &self.res.config.amqp_url)
@@ -156,8 +155,26 @@ impl Cluster {
             // A load test: one key sends hundreds of jobs a second.
             .env("BDJOBS_RATE_LIMIT_PER_SEC", "100000")
             .env("BDJOBS_RATE_LIMIT_BURST", "100000")
-            .env("RUST_LOG", "warn,bdjobs=info")
-            .stdin(Stdio::null())
+            .env("RUST_LOG", "warn,bdjobs=info");
+        cmd
+    }
+
+    /// Runs a `bdjobs` command to its end; returns its standard output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "bdjobs {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn spawn(&mut self, role: &str, extra: &[(&str, String)]) -> usize {
+        let n = self.procs.len();
+        let log = self.res.assets.path().join(format!("{role}-{n}.log"));
+        let mut cmd = self.command(&[role]);
+        cmd.stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::options().append(true).open(&log).unwrap());
         for (k, v) in extra {
@@ -710,5 +727,176 @@ async fn an_api_killed_between_commit_and_publish_leaves_the_job_to_the_relay_an
     c.audit(&ids, 1)
         .await
         .report("late_duplicate_command", Some(1), started.elapsed());
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_worker_dies_on_every_delivery_fails_at_the_delivery_limit() {
+    let mut c = Cluster::new("f_limit").await;
+    c.api().await;
+    c.spawn("projector", &[]);
+    let ids = vec![c.submit(0, &slow_job(0)).await];
+    // Each run waits 5 s on a nameserver that never answers: time to kill it mid-run. A
+    // SIGKILLed worker's connection closes with the command unacknowledged, and the queue
+    // counts the return in `x-delivery-count` (whatever the broker does with `basic.nack`).
+    let limit = bdjobs::adapters::broker::DELIVERY_LIMIT;
+    for attempt in 1..=limit {
+        let w = c.spawn("worker", &[("BDJOBS_DNS_TIMEOUT_MS", "5000".into())]);
+        let started = Instant::now();
+        loop {
+            let seen = c
+                .count(
+                    &format!(
+                        "SELECT count(*) FROM events WHERE job_id = ANY($1) AND type = 'job.started' AND attempt = {attempt}"
+                    ),
+                    &ids,
+                )
+                .await
+                .unwrap_or(0);
+            if seen == 1 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "attempt {attempt} never started\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c.procs[w].kill9();
+    }
+    // The next delivery is past the limit: a worker fails the job without running it.
+    c.spawn("worker", &[]);
+    c.wait_all(&ids, Duration::from_secs(60)).await;
+    let client = c.res.pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT status, view->>'error_message' FROM jobs WHERE job_id = $1::text::uuid",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap();
+    let (status, error): (String, Option<String>) = (row.get(0), row.get(1));
+    assert_eq!(status, "failed");
+    let error = error.unwrap_or_default();
+    assert!(
+        error.contains(&format!("gave up after {limit} attempts")),
+        "{error}"
+    );
+    let facts = job_facts(&client, &ids, c.res.assets.path()).await;
+    let f = &facts[&ids[0]];
+    // Runs 1 to 5 (one `job.started` each, numbered from `x-delivery-count`), then one failure.
+    assert_eq!(
+        (f.created_events, f.started_events, f.terminal_events),
+        (1, limit, 1),
+        "{f:?}"
+    );
+    println!(
+        "fault=worker_sigkill_every_run jobs=1 runs={} status={status}",
+        f.started_events
+    );
+    assert_drained(
+        &client,
+        || queue_depths(Command::new("rabbitmqctl"), &c.res.config.namespace),
+        3,
+        || c.logs(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_returned_past_the_delivery_limit_is_dead_lettered_and_its_job_failed() {
+    use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+    let mut c = Cluster::new("f_dlq").await;
+    c.api().await;
+    let ids = vec![c.submit(0, &quick_job(0)).await];
+    // No worker: a consumer that takes the command and crashes (its channel closes with the
+    // command unacknowledged), again and again, as a worker crashing at once would.
+    let topology = c.res.topology();
+    let conn = bdjobs::adapters::broker::connect(&c.res.config.amqp_url, "test-crash")
+        .await
+        .unwrap();
+    let mut attempts = Vec::new();
+    let started = Instant::now();
+    loop {
+        let ch = conn.create_channel().await.unwrap();
+        let got = ch
+            .basic_get(topology.jobs_queue().into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap();
+        match got {
+            Some(msg) => {
+                attempts.push(bdjobs::adapters::broker::attempt_of(&msg.delivery.properties))
+            }
+            None => {
+                let dead = ch
+                    .queue_declare(
+                        topology.dead_queue().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        Default::default(),
+                    )
+                    .await
+                    .unwrap()
+                    .message_count();
+                if dead == 1 {
+                    break;
+                }
+            }
+        }
+        let _ = ch.close(200, "crash".into()).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not dead-lettered after deliveries {attempts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let limit = bdjobs::adapters::broker::DELIVERY_LIMIT as u32;
+    // Delivered once and returned `limit` times, each counted in `x-delivery-count`; the
+    // return past the limit dead-letters it.
+    assert_eq!(attempts, (1..=limit + 1).collect::<Vec<_>>());
+    let listing = c.cli(&["dlq", "list"]);
+    assert!(listing.contains(&ids[0]), "{listing}");
+
+    // The job made no progress: the projector's reaper fails it.
+    c.spawn("projector", &[("BDJOBS_STUCK_AFTER_SECS", "2".into())]);
+    c.wait_all(&ids, Duration::from_secs(30)).await;
+    let client = c.res.pool.get().await.unwrap();
+    let facts = job_facts(&client, &ids, c.res.assets.path()).await;
+    let f = &facts[&ids[0]];
+    assert_eq!(f.status, "failed", "{f:?}");
+    assert_eq!(
+        (f.created_events, f.started_events, f.terminal_events),
+        (1, 0, 1),
+        "{f:?}"
+    );
+
+    // Redriven, the command reaches a worker, which skips the finished job; all drains.
+    c.spawn("worker", &[]);
+    c.cli(&["dlq", "redrive"]);
+    let redriven = Instant::now();
+    while !c.logs().contains("job already finished") {
+        assert!(
+            redriven.elapsed() < Duration::from_secs(30),
+            "no worker skipped the redriven command\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let facts = job_facts(&client, &ids, c.res.assets.path()).await;
+    assert_eq!(facts[&ids[0]].started_events, 0, "the job never ran");
+    println!(
+        "fault=consumer_crash_every_delivery jobs=1 deliveries={} dead_lettered=1 status=failed",
+        attempts.len()
+    );
+    assert_drained(
+        &client,
+        || queue_depths(Command::new("rabbitmqctl"), &c.res.config.namespace),
+        3,
+        || c.logs(),
+    )
+    .await;
     let _ = conn.close(200, "done".into()).await;
 }
