@@ -333,6 +333,27 @@ impl Cluster {
         }
     }
 
+    /// Every stored view equals the fold of its logged events.
+    async fn assert_views_are_folds(&self, ids: &[String]) {
+        let client = self.res.pool.get().await.unwrap();
+        for id in ids {
+            let job = bdjobs::domain::ids::JobId(id.parse().unwrap());
+            let events = bdjobs::adapters::db::jobs::events_of_job(&client, job)
+                .await
+                .unwrap();
+            let records: Vec<_> = events
+                .iter()
+                .map(|e| bdjobs::domain::messages::EventRecord::from_raw(e).unwrap())
+                .collect();
+            let folded = bdjobs::domain::job::fold(&records).unwrap();
+            let stored = bdjobs::adapters::db::jobs::get_view(&self.res.pool, &folded.tenant, job)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(stored, folded, "job {id}");
+        }
+    }
+
     /// Judges every job (each delivering two contacts, run at most `max_runs` times), checks
     /// that the read model holds no job but these, and waits for the outbox and every queue of
     /// the namespace to drain.
@@ -522,24 +543,8 @@ async fn projectors_killed_again_and_again_count_nothing_twice() {
         victim = c.spawn("projector", &[]);
     }
     c.wait_all(&ids, Duration::from_secs(120)).await;
-    // Every stored view equals the fold of its logged events: nothing was applied twice.
-    let client = c.res.pool.get().await.unwrap();
-    for id in &ids {
-        let job = bdjobs::domain::ids::JobId(id.parse().unwrap());
-        let events = bdjobs::adapters::db::jobs::events_of_job(&client, job)
-            .await
-            .unwrap();
-        let records: Vec<_> = events
-            .iter()
-            .map(|e| bdjobs::domain::messages::EventRecord::from_raw(e).unwrap())
-            .collect();
-        let folded = bdjobs::domain::job::fold(&records).unwrap();
-        let stored = bdjobs::adapters::db::jobs::get_view(&c.res.pool, &folded.tenant, job)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(stored, folded, "job {id}");
-    }
+    // Nothing was applied twice.
+    c.assert_views_are_folds(&ids).await;
     println!("projector_sigkill: unfinished at each kill {in_flight:?}");
     // Projectors do not run jobs: one run each.
     c.audit(&ids, 1).await.report(
@@ -899,4 +904,63 @@ async fn a_command_returned_past_the_delivery_limit_is_dead_lettered_and_its_job
     )
     .await;
     let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_while_projectors_write_loses_and_doubles_nothing() {
+    let mut c = Cluster::new("f_replay").await;
+    c.api().await;
+    c.spawn("worker", &[]);
+    c.spawn("worker", &[]);
+    c.spawn("projector", &[]);
+    c.spawn("projector", &[]);
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(c.submit(i, &quick_job(i)).await);
+    }
+    for i in 40..50 {
+        ids.push(c.submit(i, &slow_job(i)).await);
+    }
+    // `bdjobs replay` rebuilds every view while jobs run and new ones arrive.
+    let in_flight = c.unfinished(&ids).await;
+    let replay_started = Instant::now();
+    let mut replay = c
+        .command(&["replay"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut i = 50;
+    let status = loop {
+        if let Some(status) = replay.try_wait().unwrap() {
+            break status;
+        }
+        ids.push(c.submit(i, &quick_job(i)).await);
+        i += 1;
+        assert!(
+            replay_started.elapsed() < Duration::from_secs(120),
+            "the replay did not end"
+        );
+    };
+    let out = replay.wait_with_output().unwrap();
+    assert!(
+        status.success(),
+        "replay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let during = i - 50;
+    for i in i..i + 20 {
+        ids.push(c.submit(i, &quick_job(i)).await);
+    }
+    c.wait_all(&ids, Duration::from_secs(120)).await;
+    println!(
+        "replay: {during} jobs submitted while it ran {} ms",
+        replay_started.elapsed().as_millis()
+    );
+    c.assert_views_are_folds(&ids).await;
+    // A replay runs no job: one run each.
+    c.audit(&ids, 1)
+        .await
+        .report("replay_during_writes", Some(in_flight), Duration::ZERO);
 }
