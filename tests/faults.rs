@@ -826,13 +826,16 @@ async fn a_command_returned_past_the_delivery_limit_is_dead_lettered_and_its_job
     loop {
         let ch = conn.create_channel().await.unwrap();
         let got = ch
-            .basic_get(topology.jobs_queue().into(), BasicGetOptions { no_ack: false })
+            .basic_get(
+                topology.jobs_queue().into(),
+                BasicGetOptions { no_ack: false },
+            )
             .await
             .unwrap();
         match got {
-            Some(msg) => {
-                attempts.push(bdjobs::adapters::broker::attempt_of(&msg.delivery.properties))
-            }
+            Some(msg) => attempts.push(bdjobs::adapters::broker::attempt_of(
+                &msg.delivery.properties,
+            )),
             None => {
                 let dead = ch
                     .queue_declare(

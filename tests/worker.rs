@@ -265,10 +265,14 @@ async fn a_dependency_outage_is_retried_until_the_last_attempt_then_fails_the_jo
     );
     let view = view_of(&job, &run.plan, &sink.0.lock().await);
     assert_eq!(view.status, JobStatus::Failed);
-    assert!(view
-        .error_message
-        .unwrap()
-        .starts_with("qualification failed"));
+    let error = view.error_message.unwrap();
+    assert!(error.starts_with("qualification failed"), "{error}");
+    // The pool's own words stay in the log: the tenant gets a reason and a reference.
+    assert!(
+        !error.contains("pool") && !error.contains("closed"),
+        "{error}"
+    );
+    assert!(error.contains("(reference E-"), "{error}");
 }
 
 #[tokio::test]

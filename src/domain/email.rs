@@ -114,8 +114,14 @@ pub struct ParsedEmail {
 pub fn normalize_domain(input: &str) -> Result<String, DomainError> {
     let mut s = input.trim();
     for scheme in ["https://", "http://"] {
-        if s.len() >= scheme.len() && s[..scheme.len()].eq_ignore_ascii_case(scheme) {
-            s = &s[scheme.len()..];
+        // `get`, not an index: the input is arbitrary Unicode, and the scheme's length can fall
+        // inside a multi-byte character (`日本語.jp`), where slicing would panic.
+        if let Some(rest) = s
+            .get(..scheme.len())
+            .filter(|head| head.eq_ignore_ascii_case(scheme))
+            .and_then(|_| s.get(scheme.len()..))
+        {
+            s = rest;
             break;
         }
     }
@@ -133,6 +139,17 @@ pub fn normalize_domain(input: &str) -> Result<String, DomainError> {
     match ascii.strip_prefix("www.") {
         Some(rest) if rest.contains('.') => Ok(rest.to_string()),
         _ => Ok(ascii),
+    }
+}
+
+/// The Unicode form (U-labels) of a canonical ASCII domain, for people to read: `xn--bcher-kva.de`
+/// reads `bücher.de`. A domain with no valid Unicode form is shown as it is.
+pub fn display_domain(ascii: &str) -> String {
+    let (unicode, result) = idna::domain_to_unicode(ascii);
+    if result.is_ok() && !unicode.is_empty() {
+        unicode
+    } else {
+        ascii.to_owned()
     }
 }
 
@@ -629,6 +646,23 @@ mod tests {
     fn a_unicode_domain_becomes_punycode() {
         assert_eq!(normalize_domain("bücher.de").unwrap(), "xn--bcher-kva.de");
         assert_eq!(normalize_domain("MÜNCHEN.de").unwrap(), "xn--mnchen-3ya.de");
+    }
+
+    #[test]
+    fn an_internationalised_domain_is_accepted_and_shown_in_unicode() {
+        // The scheme check used to slice the first 8 bytes: inside `語` here, a panic.
+        assert_eq!(normalize_domain("日本語.jp").unwrap(), "xn--wgv71a119e.jp");
+        assert_eq!(
+            normalize_domain("éééé.example").unwrap(),
+            "xn--9caaaa.example"
+        );
+        assert_eq!(
+            normalize_domain("https://www.日本語.jp/会社").unwrap(),
+            "xn--wgv71a119e.jp"
+        );
+        assert_eq!(display_domain("xn--wgv71a119e.jp"), "日本語.jp");
+        assert_eq!(display_domain("example.com"), "example.com");
+        assert_eq!(display_domain("xn--zz.example"), "xn--zz.example");
     }
 
     #[test]

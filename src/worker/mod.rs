@@ -343,7 +343,7 @@ pub async fn process_one(
         Ok(Err(e)) if e.is_retryable() && (attempt as i64) < broker::DELIVERY_LIMIT => {
             return Err(e)
         }
-        Ok(Err(e)) => format!("{} failed: {e}", r.stage),
+        Ok(Err(e)) => failure_message(r.stage, &e),
         Err(_) => format!(
             "the job did not finish within {} s (stopped during {})",
             sources.job_timeout.as_secs(),
@@ -358,6 +358,24 @@ pub async fn process_one(
     .await?;
     r.settle().await?;
     Ok(Outcome::Failed)
+}
+
+/// The `error_message` of a job that failed on `e`: the tenant reads it, so a dependency's
+/// error (a database or pool message, with host names, SQL states, constraint names) stays in the
+/// log, under a reference the message names.
+fn failure_message(stage: Capability, e: &WorkerError) -> String {
+    let what = match e {
+        // Our own words about the job (a malformed plan), meant for the client.
+        WorkerError::Fatal(why) => return format!("{stage} failed: {why}"),
+        WorkerError::Database(_) => "the database",
+        WorkerError::Broker(_) => "the message broker",
+    };
+    let reference = crate::domain::ids::ErrorRef::new();
+    tracing::error!(error = %e, %reference, %stage, "job failed on a dependency");
+    format!(
+        "{stage} failed: {what} could not be used to finish the job (reference {reference}); \
+retry the job, and quote the reference if it fails again"
+    )
 }
 
 /// Settings of the worker loop.

@@ -367,17 +367,26 @@ impl<'a> Work<'a> {
             c.email_checks = Some(checks);
             r.item(k + 1, n, "Verifying emails").await?;
         }
-        for (domain, count) in no_mail {
-            r.warn(format!(
-                "{domain} has no mail server; {count} contact(s) dropped"
-            ))
-            .await?;
-        }
-        for (domain, count) in dns_unknown {
-            r.warn(format!(
-                "the DNS lookup for {domain} did not finish; {count} contact(s) marked unknown"
-            ))
-            .await?;
+        // One warning per kind, however many domains: a warning per domain made a job with
+        // thousands of dead domains thousands of events, each folded into the view.
+        for warning in [
+            domains_warning(
+                &no_mail,
+                "has no mail server",
+                "have no mail server",
+                "dropped",
+            ),
+            domains_warning(
+                &dns_unknown,
+                "did not finish its DNS lookup",
+                "did not finish their DNS lookups",
+                "marked unknown",
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            r.warn(warning).await?;
         }
         Ok(())
     }
@@ -476,4 +485,79 @@ pub async fn run_stages(
     Err(WorkerError::Fatal(
         "the plan does not end with deliverable_finalize".to_owned(),
     ))
+}
+
+/// One warning about many domains and the contacts each affected: the first few named (in
+/// Unicode, for people), the rest counted. `None` when there are none.
+fn domains_warning(
+    domains: &BTreeMap<String, usize>,
+    one: &str,
+    many: &str,
+    outcome: &str,
+) -> Option<String> {
+    const NAMED: usize = 5;
+    let contacts: usize = domains.values().sum();
+    let mut named = domains
+        .iter()
+        .take(NAMED)
+        .map(|(d, n)| format!("{} ({n})", crate::domain::email::display_domain(d)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match domains.len() {
+        0 => None,
+        1 => {
+            let domain = domains
+                .keys()
+                .next()
+                .map(|d| crate::domain::email::display_domain(d))?;
+            Some(format!("{domain} {one}; {contacts} contact(s) {outcome}"))
+        }
+        n => {
+            if n > NAMED {
+                named.push_str(&format!(" and {} more", n - NAMED));
+            }
+            Some(format!(
+                "{n} domains {many}: {named}; {contacts} contact(s) {outcome}"
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_dead_domain_reads_as_before() {
+        let one = BTreeMap::from([("quietharbor.test".to_owned(), 1)]);
+        assert_eq!(
+            domains_warning(&one, "has no mail server", "have no mail server", "dropped").unwrap(),
+            "quietharbor.test has no mail server; 1 contact(s) dropped"
+        );
+        assert_eq!(domains_warning(&BTreeMap::new(), "x", "y", "z"), None);
+    }
+
+    #[test]
+    fn thousands_of_dead_domains_make_one_short_warning() {
+        let domains: BTreeMap<String, usize> = (0..5000)
+            .map(|i| (format!("d{i:04}.example"), 2))
+            .chain([("xn--wgv71a119e.jp".to_owned(), 1)])
+            .collect();
+        let w = domains_warning(
+            &domains,
+            "has no mail server",
+            "have no mail server",
+            "dropped",
+        )
+        .unwrap();
+        assert_eq!(
+            w,
+            "5001 domains have no mail server: d0000.example (2), d0001.example (2), \
+d0002.example (2), d0003.example (2), d0004.example (2) and 4996 more; 10001 contact(s) dropped"
+        );
+        let idn = BTreeMap::from([("xn--wgv71a119e.jp".to_owned(), 3)]);
+        assert!(domains_warning(&idn, "has no mail server", "-", "dropped")
+            .unwrap()
+            .starts_with("日本語.jp has no mail server"));
+    }
 }
