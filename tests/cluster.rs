@@ -20,525 +20,13 @@
 
 mod common;
 
+use common::audit::{assert_drained, job_facts, judge};
+use common::nodes::{free_port, run_bounded, Pg, Rabbit};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const RABBIT_BIN: &str = "/usr/lib/rabbitmq/bin";
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Runs a command to completion within `limit`, killing it if it takes longer.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<String, String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            let out = child.wait_with_output().map_err(|e| e.to_string())?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            return if status.success() {
-                Ok(text)
-            } else {
-                Err(format!(
-                    "{cmd:?} failed: {text}{}",
-                    String::from_utf8_lossy(&out.stderr)
-                ))
-            };
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{cmd:?} took longer than {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn kill9(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Whether `pid` is still a process whose command line mentions `program` (a stale pid file
-/// may name a pid the system has since given to someone else).
-fn runs(pid: u32, program: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(program))
-}
-
-fn pid_in(file: &Path) -> Option<u32> {
-    std::fs::read_to_string(file)
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-// ---- RabbitMQ ---------------------------------------------------------------------------------
-
-struct RabbitNode {
-    name: String,
-    port: u16,
-    dist_port: u16,
-    dir: PathBuf,
-    server: Option<Child>,
-}
-
-/// Three RabbitMQ nodes clustered on loopback. Dropping it stops them and removes their folders.
-struct Rabbit {
-    // Holds the shared Erlang cookie ($HOME/.erlang.cookie) and every node's folder.
-    home: tempfile::TempDir,
-    nodes: Vec<RabbitNode>,
-}
-
-impl Rabbit {
-    fn start(count: usize) -> Self {
-        let home = tempfile::Builder::new()
-            .prefix("bdjt-rabbit")
-            .tempdir()
-            .unwrap();
-        let cookie = home.path().join(".erlang.cookie");
-        let secret = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
-        std::fs::write(&cookie, secret).unwrap();
-        std::fs::set_permissions(&cookie, std::os::unix::fs::PermissionsExt::from_mode(0o400))
-            .unwrap();
-        let tag = &uuid::Uuid::new_v4().simple().to_string()[..6];
-        let mut rabbit = Rabbit {
-            nodes: (1..=count)
-                .map(|i| RabbitNode {
-                    name: format!("bdjt{i}_{tag}@localhost"),
-                    port: free_port(),
-                    dist_port: free_port(),
-                    dir: home.path().join(format!("n{i}")),
-                    server: None,
-                })
-                .collect(),
-            home,
-        };
-        for i in 0..count {
-            let node = &rabbit.nodes[i];
-            std::fs::create_dir_all(&node.dir).unwrap();
-            std::fs::write(
-                node.dir.join("rabbitmq.conf"),
-                format!("listeners.tcp.1 = 127.0.0.1:{}\n", node.port),
-            )
-            .unwrap();
-            // No plugins: the management plugin would want the default broker's port 15672.
-            std::fs::write(node.dir.join("enabled_plugins"), "[].\n").unwrap();
-            // Not the machine's /etc/rabbitmq/rabbitmq-env.conf, which names the default node.
-            std::fs::write(node.dir.join("rabbitmq-env.conf"), "").unwrap();
-            rabbit.spawn(i);
-        }
-        for i in 0..count {
-            rabbit.await_node(i);
-        }
-        for i in 1..count {
-            let first = rabbit.nodes[0].name.clone();
-            rabbit.ctl(i, &["stop_app"]).unwrap();
-            rabbit.ctl(i, &["join_cluster", &first]).unwrap();
-            rabbit.ctl(i, &["start_app"]).unwrap();
-        }
-        rabbit.await_running(count);
-        rabbit
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let home = self.home.path().to_owned();
-        let node = &mut self.nodes[i];
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(node.dir.join("server.log"))
-            .unwrap();
-        let child = Command::new(format!("{RABBIT_BIN}/rabbitmq-server"))
-            .env("HOME", &home)
-            .env("RABBITMQ_NODENAME", &node.name)
-            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
-            .env("RABBITMQ_NODE_PORT", node.port.to_string())
-            .env("RABBITMQ_DIST_PORT", node.dist_port.to_string())
-            .env("RABBITMQ_MNESIA_BASE", node.dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", node.dir.join("log"))
-            .env("RABBITMQ_CONFIG_FILE", node.dir.join("rabbitmq.conf"))
-            .env(
-                "RABBITMQ_ENABLED_PLUGINS_FILE",
-                node.dir.join("enabled_plugins"),
-            )
-            .env("RABBITMQ_CONF_ENV_FILE", node.dir.join("rabbitmq-env.conf"))
-            .env("RABBITMQ_PID_FILE", node.dir.join("pid"))
-            .env(
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
-                "-kernel inet_dist_use_interface {127,0,0,1}",
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("rabbitmq-server");
-        node.server = Some(child);
-    }
-
-    fn ctl(&self, i: usize, args: &[&str]) -> Result<String, String> {
-        self.ctl_on(&self.nodes[i].name, args)
-    }
-
-    fn ctl_on(&self, node: &str, args: &[&str]) -> Result<String, String> {
-        run_bounded(
-            Command::new(format!("{RABBIT_BIN}/rabbitmqctl"))
-                .env("HOME", self.home.path())
-                .args(["-n", node])
-                .args(args),
-            Duration::from_secs(60),
-        )
-    }
-
-    /// Waits for node `i`'s pid file and then for its broker to be running.
-    fn await_node(&self, i: usize) {
-        let pid = self.nodes[i].dir.join("pid");
-        self.ctl(i, &["wait", pid.to_str().unwrap(), "--timeout", "90"])
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail(i)));
-    }
-
-    fn await_running(&self, count: usize) {
-        let started = Instant::now();
-        loop {
-            if let Ok(out) = self.ctl(0, &["cluster_status", "--formatter", "json"]) {
-                let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-                if v["running_nodes"].as_array().map(Vec::len) == Some(count) {
-                    return;
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(90),
-                "the cluster never had {count} running nodes"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn log_tail(&self, i: usize) -> String {
-        let text =
-            std::fs::read_to_string(self.nodes[i].dir.join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// `AMQP_URL` for every node.
-    fn urls(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("amqp://guest:guest@127.0.0.1:{}/%2f", n.port))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// Which node leads `queue`, asked of a running node.
-    fn leader(&self, queue: &str, ask: usize) -> usize {
-        let started = Instant::now();
-        loop {
-            if let Ok(out) = self.ctl(
-                ask,
-                &["list_queues", "name", "leader", "--formatter", "json"],
-            ) {
-                let rows: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-                let leader = rows.as_array().into_iter().flatten().find_map(|r| {
-                    (r["name"] == queue).then(|| r["leader"].as_str().unwrap_or("").to_owned())
-                });
-                if let Some(i) = leader.and_then(|l| self.nodes.iter().position(|n| n.name == l)) {
-                    return i;
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no leader found for {queue}"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    /// Stops node `i` (the whole Erlang node, as a host going down would).
-    fn stop(&mut self, i: usize) {
-        self.ctl(i, &["stop"]).unwrap();
-        if let Some(mut child) = self.nodes[i].server.take() {
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts node `i` again from its data; it rejoins the cluster by itself.
-    fn restart(&mut self, i: usize) {
-        self.spawn(i);
-        self.await_node(i);
-        self.await_running(self.nodes.len());
-    }
-
-    /// Ready and unacknowledged messages of every queue of `namespace`.
-    fn queue_depths(&self, namespace: &str, ask: usize) -> Vec<(String, u64)> {
-        let out = self
-            .ctl(
-                ask,
-                &["list_queues", "name", "messages", "--formatter", "json"],
-            )
-            .unwrap();
-        let rows: Value = serde_json::from_str(&out).unwrap();
-        rows.as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| {
-                r["name"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with(&format!("{namespace}.")))
-            })
-            .map(|r| {
-                (
-                    r["name"].as_str().unwrap().to_owned(),
-                    r["messages"].as_u64().unwrap_or(u64::MAX),
-                )
-            })
-            .collect()
-    }
-}
-
-impl Drop for Rabbit {
-    fn drop(&mut self) {
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].server.is_none() {
-                continue;
-            }
-            let _ = run_bounded(
-                Command::new(format!("{RABBIT_BIN}/rabbitmqctl"))
-                    .env("HOME", self.home.path())
-                    .args(["-n", &self.nodes[i].name, "stop"]),
-                Duration::from_secs(20),
-            );
-            if let Some(pid) = pid_in(&self.nodes[i].dir.join("pid")) {
-                if runs(pid, "beam") {
-                    kill9(pid);
-                }
-            }
-            if let Some(mut child) = self.nodes[i].server.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-// ---- Postgres ---------------------------------------------------------------------------------
-
-/// The uid of the `postgres` account: the server refuses to run as root.
-fn postgres_uid() -> u32 {
-    let out = Command::new("id")
-        .args(["-u", "postgres"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-fn as_postgres(program: &str) -> Command {
-    let mut cmd = Command::new("runuser");
-    cmd.args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")]);
-    cmd
-}
-
-struct PgNode {
-    data: PathBuf,
-    port: u16,
-}
-
-/// A primary and a synchronous streaming standby on loopback. Dropping it stops both and
-/// removes their folders.
-struct Pg {
-    dir: tempfile::TempDir,
-    primary: PgNode,
-    standby: PgNode,
-}
-
-impl Pg {
-    fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("bdjt-pg")
-            .tempdir()
-            .unwrap();
-        std::os::unix::fs::chown(dir.path(), Some(postgres_uid()), None).unwrap();
-        let pg = Pg {
-            primary: PgNode {
-                data: dir.path().join("primary"),
-                port: free_port(),
-            },
-            standby: PgNode {
-                data: dir.path().join("standby"),
-                port: free_port(),
-            },
-            dir,
-        };
-        run_bounded(
-            as_postgres("initdb").args([
-                "-D",
-                pg.primary.data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-            ]),
-            Duration::from_secs(120),
-        )
-        .unwrap();
-        let socket = pg.dir.path().display();
-        let settings = format!(
-            "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{socket}'\n\
-             port = {}\nwal_level = replica\nmax_wal_senders = 4\nmax_connections = 100\n\
-             shared_buffers = 32MB\n\
-             # An acknowledged commit is on the standby too, so it survives the primary's loss.\n\
-             synchronous_standby_names = '*'\nsynchronous_commit = on\n\
-             wal_receiver_status_interval = 1s\n",
-            pg.primary.port
-        );
-        append(&pg.primary.data.join("postgresql.conf"), &settings);
-        pg.pg_ctl(&pg.primary, "start");
-        run_bounded(
-            as_postgres("pg_basebackup").args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.primary.port.to_string(),
-                "-U",
-                "postgres",
-                "-D",
-                pg.standby.data.to_str().unwrap(),
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-            ]),
-            Duration::from_secs(120),
-        )
-        .unwrap();
-        // Once promoted the standby is a primary without a standby of its own: it must not wait
-        // for one on every commit (a failover manager resets this too).
-        append(
-            &pg.standby.data.join("postgresql.auto.conf"),
-            &format!(
-                "port = {}\nsynchronous_standby_names = ''\n",
-                pg.standby.port
-            ),
-        );
-        pg.pg_ctl(&pg.standby, "start");
-        pg.await_sync_standby();
-        pg
-    }
-
-    fn pg_ctl(&self, node: &PgNode, action: &str) {
-        run_bounded(
-            as_postgres("pg_ctl").args([
-                "-D",
-                node.data.to_str().unwrap(),
-                "-l",
-                node.data.with_extension("log").to_str().unwrap(),
-                "-w",
-                "-t",
-                "60",
-                action,
-            ]),
-            Duration::from_secs(90),
-        )
-        .unwrap_or_else(|e| panic!("pg_ctl {action}: {e}"));
-    }
-
-    fn await_sync_standby(&self) {
-        let started = Instant::now();
-        loop {
-            let out = run_bounded(
-                Command::new(format!("{PG_BIN}/psql")).args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.primary.port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-Atc",
-                    "SELECT sync_state FROM pg_stat_replication",
-                ]),
-                Duration::from_secs(10),
-            );
-            if out.is_ok_and(|o| o.trim() == "sync") {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the standby never became synchronous"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// `DATABASE_URL` naming both hosts, the primary first.
-    fn url(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write",
-            self.primary.port, self.standby.port
-        )
-    }
-
-    /// SIGKILLs the primary's postmaster: its backends notice and exit, dropping every client.
-    fn kill_primary(&self) {
-        let pid = pid_in(&self.primary.data.join("postmaster.pid")).expect("primary pid");
-        kill9(pid);
-    }
-
-    fn promote_standby(&self) {
-        self.pg_ctl(&self.standby, "promote");
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        for node in [&self.primary, &self.standby] {
-            if let Some(pid) = pid_in(&node.data.join("postmaster.pid")) {
-                // Immediate: the backends exit with the postmaster, nothing is left behind.
-                let _ = run_bounded(
-                    as_postgres("pg_ctl").args([
-                        "-D",
-                        node.data.to_str().unwrap(),
-                        "-m",
-                        "immediate",
-                        "-w",
-                        "stop",
-                    ]),
-                    Duration::from_secs(30),
-                );
-                if runs(pid, "postgres") {
-                    kill9(pid);
-                }
-            }
-        }
-    }
-}
-
-fn append(path: &Path, text: &str) {
-    use std::io::Write;
-    let mut f = std::fs::File::options().append(true).open(path).unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
 
 // ---- bdjobs processes -------------------------------------------------------------------------
 
@@ -617,10 +105,12 @@ impl Deployment {
     }
 }
 
-fn quick_job(i: usize) -> Value {
+/// A job that spends about 0.7 s waiting on a nameserver that never answers (so that every
+/// fault finds jobs running); both contacts are delivered, the second as `unknown`.
+fn slow_job(i: usize) -> Value {
     json!({"preset": "verify_existing_emails", "input_assets": {"contacts": [
         {"full_name": format!("Person {i}"), "email": format!("p{i}@lumen.example")},
-        {"full_name": "Maya Chen", "email": "maya.chen@brightwave.example"}
+        {"full_name": "Slow", "email": format!("s{i}@slow.test")}
     ]}})
 }
 
@@ -648,7 +138,7 @@ fn submitter(
             .unwrap();
         let mut i = 0usize;
         while !stop.is_cancelled() {
-            let body = quick_job(i);
+            let body = slow_job(i);
             let idem = format!("cluster-{i}");
             let started = Instant::now();
             let mut attempt = 0usize;
@@ -698,15 +188,6 @@ fn submitter(
             tokio::time::sleep(every).await;
         }
     })
-}
-
-/// A job's state in the database, as the audit reads it.
-struct JobFacts {
-    status: String,
-    delivered: Option<String>,
-    created_events: i64,
-    started_events: i64,
-    completed_events: i64,
 }
 
 async fn client_for(url: &str) -> tokio_postgres::Client {
@@ -776,12 +257,12 @@ async fn a_broker_cluster_and_a_postgres_pair_lose_nodes_and_every_job_completes
     common::init_logs();
     let mut rabbit = Rabbit::start(3);
     eprintln!("cluster: three RabbitMQ nodes clustered");
-    let pg = Pg::start();
+    let pg = Pg::start(true);
     eprintln!("cluster: Postgres primary and synchronous standby up");
     let assets = tempfile::tempdir().unwrap();
     let dns = bdjobs::adapters::dns_stub::StubDns::start(
         "127.0.0.1:0".parse().unwrap(),
-        common::demo_zone(),
+        common::demo_zone().slow("slow.test"),
     )
     .await
     .unwrap();
@@ -937,69 +418,9 @@ async fn a_broker_cluster_and_a_postgres_pair_lose_nodes_and_every_job_completes
 
     // The audit, from the database (now the promoted standby) and the stored asset bytes.
     let db = client_for(&database_url).await;
-    let uuids: Vec<uuid::Uuid> = all.iter().map(|i| i.parse().unwrap()).collect();
-    let mut facts: HashMap<String, JobFacts> = HashMap::new();
-    for r in db
-        .query(
-            "SELECT j.job_id::text, j.status, j.view->'result'->'summary'->>'delivered_contacts',
-                    count(*) FILTER (WHERE e.type = 'job.created'),
-                    count(*) FILTER (WHERE e.type = 'job.started'),
-                    count(*) FILTER (WHERE e.type = 'job.completed')
-             FROM jobs j LEFT JOIN events e ON e.job_id = j.job_id
-             WHERE j.job_id = ANY($1) GROUP BY j.job_id",
-            &[&uuids],
-        )
-        .await
-        .unwrap()
-    {
-        facts.insert(
-            r.get(0),
-            JobFacts {
-                status: r.get(1),
-                delivered: r.get(2),
-                created_events: r.get(3),
-                started_events: r.get(4),
-                completed_events: r.get(5),
-            },
-        );
-    }
-    let mut whole_assets: HashMap<String, usize> = HashMap::new();
-    for r in db
-        .query(
-            "SELECT job_id::text, storage_key, sha256, size_bytes FROM assets WHERE job_id = ANY($1)",
-            &[&uuids],
-        )
-        .await
-        .unwrap()
-    {
-        let (job, storage_key, sha, size): (String, String, String, i64) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
-        let bytes = std::fs::read(assets.path().join(&storage_key)).unwrap_or_default();
-        if bytes.len() as i64 == size && hex::encode(Sha256::digest(&bytes)) == sha {
-            *whole_assets.entry(job).or_default() += 1;
-        }
-    }
-    // Is a job lost (not completed, or its view short of its contacts) or doubled (created
-    // twice, or its assets not those stored)? How many extra runs did it take?
-    let judge = |id: &String| -> (bool, bool, i64) {
-        match facts.get(id) {
-            None => (true, false, 0),
-            Some(f) => {
-                let lost = f.status != "completed" || f.delivered.as_deref() != Some("2");
-                let duplicated = f.created_events != 1
-                    || f.completed_events < 1
-                    || whole_assets.get(id).copied().unwrap_or(0) != 2;
-                (lost, duplicated, (f.started_events - 1).max(0))
-            }
-        }
-    };
+    let facts = job_facts(&db, &all, assets.path()).await;
     let total_rows: i64 = db
         .query_one("SELECT count(*) FROM jobs", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let outbox: i64 = db
-        .query_one("SELECT count(*) FROM outbox", &[])
         .await
         .unwrap()
         .get(0);
@@ -1009,7 +430,10 @@ async fn a_broker_cluster_and_a_postgres_pair_lose_nodes_and_every_job_completes
         .enumerate()
         .map(|(k, (name, at, rec))| (*name, *at, faults.get(k + 1).map(|f| f.1), *rec, hit[k]))
         .collect();
-    let mut failures = Vec::new();
+    // A job runs for under a second and the faults are seconds apart, so at most one fault
+    // cuts a job's run short: its worker's connection (node stop) or its events' database
+    // (failover) goes, and the command is redelivered once. Hence at most two runs per job.
+    const MAX_RUNS: i64 = 2;
     for (name, from, until, recovery, in_flight) in windows {
         // The jobs of a fault: accepted from shortly before it (work in flight when it hit)
         // until the next fault.
@@ -1021,50 +445,34 @@ async fn a_broker_cluster_and_a_postgres_pair_lose_nodes_and_every_job_completes
             .filter(|(_, at)| *at + Duration::from_secs(2) >= from && until.is_none_or(|u| *at < u))
             .map(|(id, _)| id.clone())
             .collect();
-        let (mut lost, mut duplicated, mut redundant) = (0, 0, 0);
-        for id in &jobs {
-            let (l, dup, extra) = judge(id);
-            lost += l as usize;
-            duplicated += dup as usize;
-            redundant += extra;
-        }
-        println!(
-            "fault={name} jobs={} in_flight={in_flight} lost={lost} duplicated={duplicated} redundant_runs={redundant} recovery_ms={}",
-            jobs.len(),
-            recovery.as_millis()
-        );
-        // A fault that hit no unfinished job would prove nothing.
-        if (lost, duplicated) != (0, 0) || in_flight == 0 {
-            failures.push(name);
-        }
+        judge(&facts, &jobs, "2", MAX_RUNS).report(name, Some(in_flight), recovery);
     }
-    let (lost, duplicated): (usize, usize) = all.iter().fold((0, 0), |(l, dup), id| {
-        let (a, b, _) = judge(id);
-        (l + a as usize, dup + b as usize)
-    });
+    let all_jobs = judge(&facts, &all, "2", MAX_RUNS);
     println!(
-        "cluster: {} jobs accepted, lost={lost} duplicated={duplicated}, {} s in all",
+        "cluster: {} jobs accepted, lost={} duplicated={} redundant_runs={}, {} s in all",
         all.len(),
+        all_jobs.lost,
+        all_jobs.duplicated,
+        all_jobs.redundant_runs,
         test_started.elapsed().as_secs()
     );
-    assert!(
-        failures.is_empty(),
-        "faults that lost or doubled jobs, or hit no work in flight: {failures:?}"
-    );
-    assert_eq!((lost, duplicated), (0, 0));
+    assert_eq!((all_jobs.lost, all_jobs.duplicated), (0, 0));
+    assert!(all_jobs.overrun.is_empty(), "{:#?}", all_jobs.overrun);
     assert_eq!(
         total_rows as usize,
         all.len(),
         "the read model holds a job no one accepted"
     );
-    assert_eq!(outbox, 0, "commands never confirmed by the broker");
+    // The outbox and the queues drain: a row whose delete was lost to the failover is
+    // published again by the relay (its job is finished, so a worker skips the command).
     let alive = (0..3).find(|i| rabbit.nodes[*i].server.is_some()).unwrap();
-    let depths = tokio::task::block_in_place(|| rabbit.queue_depths(namespace, alive));
-    assert_eq!(depths.len(), 3, "{depths:?}");
-    assert!(
-        depths.iter().all(|(_, n)| *n == 0),
-        "messages left: {depths:?}"
-    );
+    assert_drained(
+        &db,
+        || rabbit.queue_depths(namespace, alive),
+        3,
+        || d.logs(),
+    )
+    .await;
     drop(d);
     drop(rabbit);
 }
