@@ -443,12 +443,13 @@ async fn run(loaded: config::Loaded<Cli>) -> anyhow::Result<()> {
         } => {
             let scope = scope(tenant, job)?;
             let pool = app::connect_db(&config)?;
+            let store = config.storage()?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            let n =
-                bdjobs::event_log::export(&pool, &scope, &mut out, std::io::stderr().is_terminal())
-                    .await
-                    .context("export failed")?;
+            let show = std::io::stderr().is_terminal();
+            let n = bdjobs::event_log::export(&pool, &store, &scope, &mut out, show)
+                .await
+                .context("export failed")?;
             eprintln!("exported {n} event(s)");
             Ok(())
         }

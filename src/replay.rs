@@ -63,6 +63,8 @@ pub enum ReplayError {
     Storage(#[from] StorageError),
     #[error("the event log holds an event this build cannot read: {0}")]
     Decode(#[from] DecodeError),
+    #[error("{0}")]
+    Claim(#[from] crate::adapters::claims::ClaimError),
 }
 
 impl ReplayError {
@@ -71,6 +73,7 @@ impl ReplayError {
             ReplayError::Database(e) => e.is_retryable(),
             ReplayError::Storage(e) => e.is_retryable(),
             ReplayError::Decode(_) => false,
+            ReplayError::Claim(e) => e.is_retryable(),
         }
     }
 }
@@ -87,6 +90,7 @@ impl From<ProjectorError> for ReplayError {
             ProjectorError::Malformed(e) => ReplayError::Decode(e),
             ProjectorError::Database(e) => ReplayError::Database(e),
             ProjectorError::Storage(e) => ReplayError::Storage(e),
+            ProjectorError::Claim(e) => ReplayError::Claim(e),
         }
     }
 }
@@ -150,6 +154,10 @@ async fn rebuild_jobs(
     run: Uuid,
     events: &[RawEnvelope],
 ) -> Result<usize, ReplayError> {
+    // Events recorded with a claim check instead of their payload (the log keeps payloads
+    // inline, but a log written otherwise replays all the same) are read back first.
+    let opened = crate::adapters::claims::open_all(storage, events).await?;
+    let events = &*opened;
     let mut rows = Vec::new();
     let mut objects = Vec::new();
     for job_events in by_job(events) {

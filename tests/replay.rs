@@ -232,7 +232,7 @@ async fn check_stream(name: &str) {
 
     // The export holds each event once, in the order the log first recorded it.
     let mut out = Vec::new();
-    let n = event_log::export(&res.pool, &Scope::default(), &mut out, false)
+    let n = event_log::export(&res.pool, &store, &Scope::default(), &mut out, false)
         .await
         .unwrap();
     let exported: Vec<RawEnvelope> = String::from_utf8(out)
@@ -283,7 +283,7 @@ async fn check_stream(name: &str) {
     if got.view.status.is_terminal() {
         assert!(compacted.deleted > 0, "{name}: nothing compacted");
     }
-    let left = event_log::export(&res.pool, &Scope::default(), &mut Vec::new(), false)
+    let left = event_log::export(&res.pool, &store, &Scope::default(), &mut Vec::new(), false)
         .await
         .unwrap();
     assert_eq!(left, unique.len() as u64 - compacted.deleted, "{name}");

@@ -2,7 +2,8 @@
 //! reconnects on its own, and helpers for consumers.
 //!
 //! Topology (`NS` = `BDJOBS_NAMESPACE`), all durable:
-//! - `NS.commands` (direct) → quorum queue `NS.jobs` (key `job.run`), consumed by workers;
+//! - `NS.commands` (direct) → quorum queue `NS.jobs` (keys `job.run`, `job.run_chunk`), consumed
+//!   by workers;
 //! - `NS.events` (topic) → quorum queue `NS.projector` (key `job.#`), consumed by projectors;
 //! - `NS.dlx` (fanout) → quorum queue `NS.dead`: what the two queues dead-letter, either after
 //!   `DELIVERY_LIMIT` redeliveries or because a consumer rejected it as malformed.
@@ -30,12 +31,26 @@ pub enum BrokerError {
     Unroutable(String),
     #[error("broker did not confirm within {0:?}")]
     ConfirmTimeout(Duration),
+    /// A claim-checked payload could not be stored or read back; storage may come back.
+    #[error("object storage for a claim-checked payload: {0}")]
+    ClaimStore(String),
+    /// Refused before sending: the broker would close the channel on it, and no later try
+    /// could succeed. Bulky payloads go through object storage instead (claim checks).
+    #[error("a {kind} message of {size} bytes exceeds the {limit}-byte message limit")]
+    TooLarge {
+        kind: String,
+        size: usize,
+        limit: usize,
+    },
 }
 
 impl BrokerError {
     /// Everything but an unroutable message can succeed on a later try (after a reconnect).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, BrokerError::Unroutable(_))
+        !matches!(
+            self,
+            BrokerError::Unroutable(_) | BrokerError::TooLarge { .. }
+        )
     }
 }
 
@@ -46,6 +61,8 @@ pub struct Topology {
 }
 
 pub const RUN_JOB_KEY: &str = "job.run";
+/// Chunks of a split job go to the same queue as whole jobs: any worker runs either.
+pub const RUN_CHUNK_KEY: &str = "job.run_chunk";
 
 impl Topology {
     pub fn new(namespace: &str) -> Self {
@@ -126,6 +143,12 @@ impl Topology {
                 self.jobs_queue(),
                 self.commands_exchange(),
                 RUN_JOB_KEY,
+                true,
+            ),
+            (
+                self.jobs_queue(),
+                self.commands_exchange(),
+                RUN_CHUNK_KEY,
                 true,
             ),
             (
@@ -295,6 +318,7 @@ pub struct Publisher {
     topology: Topology,
     state: Mutex<Option<(Connection, Channel)>>,
     confirm_timeout: Duration,
+    max_message_bytes: usize,
 }
 
 impl Publisher {
@@ -305,7 +329,19 @@ impl Publisher {
             topology,
             state: Mutex::new(None),
             confirm_timeout: Duration::from_secs(15),
+            max_message_bytes: crate::adapters::claims::DEFAULT_MAX_MESSAGE_BYTES,
         }
+    }
+
+    /// The largest body this publisher sends (`BDJOBS_MAX_MESSAGE_BYTES`); a larger one is
+    /// refused with [`BrokerError::TooLarge`] before it reaches the broker.
+    pub fn with_max_message_bytes(mut self, limit: usize) -> Self {
+        self.max_message_bytes = limit;
+        self
+    }
+
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
     }
 
     async fn channel(&self) -> Result<Channel, BrokerError> {
@@ -359,6 +395,7 @@ impl Publisher {
     }
 
     async fn send(&self, msg: &Outgoing<'_>) -> Result<lapin::PublisherConfirm, BrokerError> {
+        check_size(msg, self.max_message_bytes)?;
         let ch = self.channel().await?;
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
@@ -438,6 +475,17 @@ impl Publisher {
     }
 }
 
+fn check_size(msg: &Outgoing<'_>, limit: usize) -> Result<(), BrokerError> {
+    if msg.body.len() > limit {
+        return Err(BrokerError::TooLarge {
+            kind: msg.kind.to_owned(),
+            size: msg.body.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
 /// The broker's confirm of one publish, still to come.
 pub type Confirm =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BrokerError>> + Send>>;
@@ -460,4 +508,26 @@ async fn settle(
 /// Exponential backoff for reconnect loops: 100 ms doubling to 5 s.
 pub fn backoff(failures: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << failures.min(6)).min(5_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_over_the_limit_is_refused_for_good_before_it_is_sent() {
+        let body = vec![b'x'; 2048];
+        let msg = Outgoing {
+            exchange: "x",
+            routing_key: "job.completed",
+            message_id: "m",
+            kind: "job.completed",
+            body: &body,
+            correlation_id: None,
+        };
+        assert!(check_size(&msg, 2048).is_ok());
+        let e = check_size(&msg, 2047).unwrap_err();
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("2048 bytes"), "{e}");
+    }
 }

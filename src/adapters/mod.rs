@@ -2,6 +2,7 @@
 //! SMTP. Each has its own error type that says whether retrying can help.
 
 pub mod broker;
+pub mod claims;
 pub mod db;
 pub mod dns;
 pub mod dns_stub;

@@ -9,6 +9,7 @@
 //! nothing. Ordering: the fold in `domain::job` converges whatever order events arrive in.
 
 use crate::adapters::broker::{self, BrokerError, Topology};
+use crate::adapters::claims::{self, ClaimError};
 use crate::adapters::db::{self, DbError};
 use crate::adapters::storage::{self, StorageError};
 use crate::domain::ids::{asset_storage_key, AssetId};
@@ -31,12 +32,15 @@ pub enum ProjectorError {
     Database(#[from] DbError),
     #[error("{0}")]
     Storage(#[from] StorageError),
+    #[error("{0}")]
+    Claim(#[from] ClaimError),
 }
 
 impl ProjectorError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ProjectorError::Malformed(_) => false,
+            ProjectorError::Claim(e) => e.is_retryable(),
             ProjectorError::Database(e) => e.is_retryable(),
             ProjectorError::Storage(e) => e.is_retryable(),
         }
@@ -243,6 +247,10 @@ pub async fn apply_batch(
     storage: &Operator,
     raws: &[RawEnvelope],
 ) -> Result<Vec<Applied>, ProjectorError> {
+    // The log keeps payloads inline: a claim-checked event is opened before it is appended, so
+    // that the events table alone still rebuilds every answer (docs/messaging.md).
+    let opened = claims::open_all(storage, raws).await?;
+    let raws = &*opened;
     let records = raws
         .iter()
         .map(EventRecord::from_raw)
@@ -475,9 +483,14 @@ async fn consume(
                     break;
                 }
             };
-            match RawEnvelope::from_slice(&delivery.data)
-                .and_then(|raw| EventRecord::from_raw(&raw).map(|_| raw))
-            {
+            // A claim-checked payload is checked when the batch opens it.
+            match RawEnvelope::from_slice(&delivery.data).and_then(|raw| {
+                if raw.payload_ref.is_some() {
+                    Ok(raw)
+                } else {
+                    EventRecord::from_raw(&raw).map(|_| raw)
+                }
+            }) {
                 Ok(raw) => {
                     // Batches mix jobs, so each event's correlation id is logged on its own.
                     tracing::debug!(
