@@ -139,7 +139,7 @@ percentage, latest message and last update). Replay after compaction gives the s
 }
 
 fn parse_age(s: &str) -> Result<std::time::Duration, String> {
-    bdjobs::event_log::parse_age(s)
+    bdjobs::read_model::event_log::parse_age(s)
 }
 
 fn scope(tenant: Option<String>, job: Option<uuid::Uuid>) -> anyhow::Result<Scope> {
@@ -421,10 +421,14 @@ async fn run(loaded: config::Loaded<Cli>) -> anyhow::Result<()> {
             let scope = scope(tenant, job)?;
             let pool = app::connect_db(&config)?;
             let store = storage::operator(&config.assets_location())?;
-            let report =
-                bdjobs::replay::replay(&pool, &store, scope, std::io::stderr().is_terminal())
-                    .await
-                    .context("replay failed; the read model is unchanged")?;
+            let report = bdjobs::read_model::replay::replay(
+                &pool,
+                &store,
+                scope,
+                std::io::stderr().is_terminal(),
+            )
+            .await
+            .context("replay failed; the read model is unchanged")?;
             let s = &report.swapped;
             println!(
                 "replayed {} job(s) ({} caught up during the rebuild): {} view(s) changed, \
@@ -446,10 +450,15 @@ async fn run(loaded: config::Loaded<Cli>) -> anyhow::Result<()> {
             let store = config.storage()?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            let show = std::io::stderr().is_terminal();
-            let n = bdjobs::event_log::export(&pool, &store, &scope, &mut out, show)
-                .await
-                .context("export failed")?;
+            let n = bdjobs::read_model::event_log::export(
+                &pool,
+                &store,
+                &scope,
+                &mut out,
+                std::io::stderr().is_terminal(),
+            )
+            .await
+            .context("export failed")?;
             eprintln!("exported {n} event(s)");
             Ok(())
         }
@@ -466,13 +475,25 @@ async fn run(loaded: config::Loaded<Cli>) -> anyhow::Result<()> {
                 file.display().to_string()
             };
             let report = if stdin {
-                bdjobs::event_log::import(&pool, &store, std::io::stdin().lock(), "stdin", show)
-                    .await
+                bdjobs::read_model::event_log::import(
+                    &pool,
+                    &store,
+                    std::io::stdin().lock(),
+                    "stdin",
+                    show,
+                )
+                .await
             } else {
                 let f =
                     std::fs::File::open(&file).with_context(|| format!("cannot open {name}"))?;
-                bdjobs::event_log::import(&pool, &store, std::io::BufReader::new(f), &name, show)
-                    .await
+                bdjobs::read_model::event_log::import(
+                    &pool,
+                    &store,
+                    std::io::BufReader::new(f),
+                    &name,
+                    show,
+                )
+                .await
             }
             .with_context(|| format!("import of {name} failed"))?;
             for (line, reason) in &report.skipped {
@@ -498,9 +519,13 @@ job.created, {} duplicate(s); skipped {} line(s)",
             let cutoff = chrono::Utc::now()
                 .checked_sub_signed(age)
                 .context("--older-than reaches before the calendar starts")?;
-            let report = bdjobs::event_log::compact(&pool, cutoff, std::io::stderr().is_terminal())
-                .await
-                .context("compaction failed")?;
+            let report = bdjobs::read_model::event_log::compact(
+                &pool,
+                cutoff,
+                std::io::stderr().is_terminal(),
+            )
+            .await
+            .context("compaction failed")?;
             println!(
                 "deleted {} progress event(s) of {} finished job(s) older than {}",
                 report.deleted,

@@ -195,7 +195,12 @@ async fn a_command_published_by_the_outbox_relay_keeps_its_correlation_id() {
     let job: Value = resp.json().await.unwrap();
 
     let good = Publisher::new(&res.config.amqp_url, "test-relay", res.topology());
-    assert_eq!(api::relay_once(&res.pool, &good, 0.0).await.unwrap(), 1);
+    assert_eq!(
+        bdjobs::read_model::outbox::relay_once(&res.pool, &good, 0.0)
+            .await
+            .unwrap(),
+        1
+    );
     let messages = tap
         .messages_of(job["job_id"].as_str().unwrap(), "job.run")
         .await;

@@ -141,7 +141,12 @@ async fn a_job_accepted_while_the_broker_is_unreachable_is_published_by_the_outb
     );
 
     let good = Publisher::new(&res.config.amqp_url, "test-relay", res.topology());
-    assert_eq!(api::relay_once(&res.pool, &good, 0.0).await.unwrap(), 1);
+    assert_eq!(
+        bdjobs::read_model::outbox::relay_once(&res.pool, &good, 0.0)
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(outbox_rows(&res).await, 0);
 
     let (_dns, config) = common::with_demo_dns(&res).await;

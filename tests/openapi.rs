@@ -2,7 +2,8 @@
 //! routes the router serves, and the JSON the handlers build, validated with a JSON Schema
 //! validator against the document's own schemas. Needs no database or broker.
 
-use bdjobs::api::jobs::{job_json, result_json, CreateJob};
+use bdjobs::api::jobs::CreateJob;
+use bdjobs::api::render::{job_json, result_json};
 use bdjobs::api::OPENAPI;
 use bdjobs::domain::email::{Check, EmailChecks, EmailStatus};
 use bdjobs::domain::ids::{JobId, MessageId, TenantId};

@@ -13,7 +13,7 @@ use bdjobs::domain::messages::{
     run_job_command, Created, Event, EventRecord, JobRef, Position, RawEnvelope, RunJob,
 };
 use bdjobs::domain::plan::{plan, Request};
-use bdjobs::projector::{apply, Applied};
+use bdjobs::read_model::{apply, Applied};
 use bdjobs::worker::pipeline::Sources;
 use bdjobs::worker::sources::StaticDirectory;
 use bdjobs::worker::{process_one, VecSink};
@@ -223,8 +223,8 @@ async fn concurrent_batches_with_repeats_inside_them_give_the_same_read_model() 
     forward.extend(all.iter().take(4).cloned());
     let backward: Vec<RawEnvelope> = all.iter().rev().cloned().collect();
     let (a, b) = tokio::join!(
-        bdjobs::projector::apply_batch(&res.pool, &store, &forward),
-        bdjobs::projector::apply_batch(&res.pool, &store, &backward),
+        bdjobs::read_model::apply_batch(&res.pool, &store, &forward),
+        bdjobs::read_model::apply_batch(&res.pool, &store, &backward),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     let fresh = a

@@ -16,13 +16,13 @@ mod common;
 use bdjobs::adapters::db;
 use bdjobs::adapters::db::events::Scope;
 use bdjobs::adapters::storage;
-use bdjobs::api::jobs::{job_json, result_json};
+use bdjobs::api::render::{job_json, result_json};
 use bdjobs::domain::ids::{JobId, TenantId};
 use bdjobs::domain::job::{JobStatus, JobView};
 use bdjobs::domain::messages::RawEnvelope;
-use bdjobs::event_log::{self, ImportReport};
-use bdjobs::projector;
-use bdjobs::replay::{self, Rebuild};
+use bdjobs::read_model;
+use bdjobs::read_model::event_log::{self, ImportReport};
+use bdjobs::read_model::replay::{self, Rebuild};
 use chrono::Utc;
 use common::Resources;
 use indicatif::ProgressBar;
@@ -401,7 +401,7 @@ async fn a_rebuild_loses_no_event_applied_while_it_runs() {
     let (last, before) = completed.split_last().unwrap();
     assert_eq!(last.kind, "job.completed");
     for e in before {
-        projector::apply(&res.pool, &store, e).await.unwrap();
+        read_model::apply(&res.pool, &store, e).await.unwrap();
     }
     import(&res.pool, &store, &fixture("failed.jsonl")).await;
 
@@ -413,7 +413,7 @@ async fn a_rebuild_loses_no_event_applied_while_it_runs() {
         .unwrap();
     // A live projector applies events while the shadow waits: the running job completes, and
     // a new job arrives.
-    projector::apply(&res.pool, &store, last).await.unwrap();
+    read_model::apply(&res.pool, &store, last).await.unwrap();
     import(&res.pool, &store, &fixture("cancelled.jsonl")).await;
     let report = rebuild.swap(&res.pool, &store).await.unwrap();
     assert_eq!((report.jobs, report.caught_up), (3, 2));
@@ -495,7 +495,7 @@ async fn compaction_spares_running_jobs_and_recent_events() {
     let completed = read_stream("completed");
     let (_, running) = completed.split_last().unwrap();
     for e in running {
-        projector::apply(&res.pool, &store, e).await.unwrap();
+        read_model::apply(&res.pool, &store, e).await.unwrap();
     }
     import(&res.pool, &store, &fixture("failed.jsonl")).await;
     let progress_of = |job: JobId| {

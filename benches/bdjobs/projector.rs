@@ -115,7 +115,7 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
     let store = bdjobs::adapters::storage::operator(&env.config.assets_location())?;
     let t = Instant::now();
     for (j, k) in interleaved(&second) {
-        bdjobs::projector::apply(&env.pool, &store, &second[j].events[k]).await?;
+        bdjobs::read_model::apply(&env.pool, &store, &second[j].events[k]).await?;
     }
     let step_rate = events as f64 / t.elapsed().as_secs_f64();
 
@@ -128,7 +128,7 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
         .collect();
     let t = Instant::now();
     for chunk in ordered.chunks(128) {
-        bdjobs::projector::apply_batch(&env.pool, &store, chunk).await?;
+        bdjobs::read_model::apply_batch(&env.pool, &store, chunk).await?;
     }
     let batch_step_rate = events as f64 / t.elapsed().as_secs_f64();
 
@@ -142,7 +142,7 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
     let memory = bdjobs::adapters::storage::operator("memory://")?;
     let t = Instant::now();
     for chunk in ordered.chunks(128) {
-        bdjobs::projector::apply_batch(&env.pool, &memory, chunk).await?;
+        bdjobs::read_model::apply_batch(&env.pool, &memory, chunk).await?;
     }
     let memory_step_rate = events as f64 / t.elapsed().as_secs_f64();
 
@@ -163,7 +163,7 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
                 bdjobs::adapters::storage::operator(&format!("fs://{}", dir.path().display()))?;
             let t = Instant::now();
             for chunk in ordered.chunks(128) {
-                bdjobs::projector::apply_batch(&env.pool, &shm, chunk).await?;
+                bdjobs::read_model::apply_batch(&env.pool, &shm, chunk).await?;
             }
             Some(events as f64 / t.elapsed().as_secs_f64())
         }

@@ -170,7 +170,7 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
     eprintln!("   bdjobs replay of {events} events...");
     let store = bdjobs::adapters::storage::operator("memory://")?;
     let t = Instant::now();
-    let replayed = bdjobs::replay::replay(
+    let replayed = bdjobs::read_model::replay::replay(
         &env.pool,
         &store,
         bdjobs::adapters::db::events::Scope {

@@ -27,7 +27,7 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
     let job = &recorded[0];
     let store = storage::operator(&env.config.assets_location())?;
     for e in &job.events {
-        bdjobs::projector::apply(&env.pool, &store, e).await?;
+        bdjobs::read_model::apply(&env.pool, &store, e).await?;
     }
     let state = AppState::new(
         env.pool.clone(),

@@ -138,6 +138,16 @@ pub async fn put(op: &Operator, key: &str, bytes: Vec<u8>) -> Result<(), Storage
     Ok(())
 }
 
+/// Bytes `range` of an object as a stream, read a chunk at a time: a download never holds the
+/// whole object in memory.
+pub async fn read_range(
+    op: &Operator,
+    key: &str,
+    range: std::ops::Range<u64>,
+) -> Result<opendal::FuturesBytesStream, StorageError> {
+    Ok(op.reader(key).await?.into_bytes_stream(range).await?)
+}
+
 pub async fn get(op: &Operator, key: &str) -> Result<Vec<u8>, StorageError> {
     Ok(op.read(key).await?.to_vec())
 }

@@ -54,9 +54,13 @@ impl From<tokio_postgres::Error> for ApiError {
     }
 }
 
-impl From<crate::projector::ProjectorError> for ApiError {
-    fn from(e: crate::projector::ProjectorError) -> Self {
-        ApiError::Internal(e.into())
+impl From<crate::read_model::ReadModelError> for ApiError {
+    /// A database error keeps its meaning (503 when a retry can cure it); the rest is a 500.
+    fn from(e: crate::read_model::ReadModelError) -> Self {
+        match e {
+            crate::read_model::ReadModelError::Database(e) => e.into(),
+            e => ApiError::Internal(e.into()),
+        }
     }
 }
 

@@ -18,7 +18,7 @@
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::jobs::job_json;
+use super::render::job_json;
 use super::AppState;
 use crate::adapters::db;
 use crate::domain::ids::JobId;

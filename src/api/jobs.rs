@@ -3,26 +3,27 @@
 use super::auth::Caller;
 use super::error::ApiError;
 use super::range;
-use super::view_cache;
+use super::render::{job_json, ts, Rendered};
 use super::AppState;
 use crate::adapters::broker::{Outgoing, RUN_JOB_KEY};
 use crate::adapters::claims::Claims;
-use crate::adapters::db;
+use crate::adapters::{db, storage};
 use crate::domain::ids::{AssetId, JobId};
 use crate::domain::input::RawInput;
-use crate::domain::job::{JobStatus, JobView, ResultView};
+use crate::domain::job::{JobStatus, JobView};
 use crate::domain::messages::{
     run_job_command, Created, Event, EventRecord, JobRef, Position, RunJob,
 };
 use crate::domain::plan::{plan, planning_warnings, InputShape, Request};
-use crate::domain::stages::{ExecutionOptions, IcpConfig, Summary};
+use crate::domain::stages::{ExecutionOptions, IcpConfig};
+use crate::read_model::{self, jobs::Cancel};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -103,14 +104,6 @@ pub struct CreateJob {
     pub execution_options: Option<ExecutionOptions>,
     #[serde(default)]
     pub chat_id: Option<Uuid>,
-}
-
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-fn opt_ts(t: Option<DateTime<Utc>>) -> Option<String> {
-    t.map(ts)
 }
 
 fn parse_job_id(s: &str) -> Result<JobId, ApiError> {
@@ -303,7 +296,7 @@ pub async fn create_job(
         created_at: ts(now),
     };
     let out = serde_json::to_value(&out).expect("the created body serialises");
-    let new_job = db::jobs::NewJob {
+    let new_job = read_model::jobs::NewJob {
         created: &created,
         view: &view,
         command: &command,
@@ -311,18 +304,18 @@ pub async fn create_job(
         correlation_id: Some(&correlation),
     };
     match &idem_key {
-        None => db::jobs::create_job(&state.pool, &new_job).await?,
+        None => read_model::jobs::create(&state.pool, &new_job).await?,
         Some(key) => {
-            let idem = db::idempotency::Idempotency {
+            let idem = read_model::jobs::Idempotency {
                 key,
                 request_hash: &body_hash,
             };
-            match db::idempotency::create_job_once(&state.pool, &caller.0, &idem, &out, &new_job)
+            match read_model::jobs::create_once(&state.pool, &caller.0, &idem, &out, &new_job)
                 .await?
             {
-                db::idempotency::Outcome::Created => {}
+                read_model::jobs::Outcome::Created => {}
                 // A concurrent request with the same key won the race.
-                db::idempotency::Outcome::Existing(stored) => {
+                read_model::jobs::Outcome::Existing(stored) => {
                     return replay(stored, &body_hash, &correlation)
                 }
             }
@@ -356,23 +349,6 @@ pub async fn create_job(
     Ok(accepted(out, job.job_id.0, false, &correlation))
 }
 
-pub fn job_json(v: &JobView) -> serde_json::Value {
-    json!({
-        "job_id": v.job_id,
-        "status": v.status.as_str(),
-        "progress_percent": v.progress_percent,
-        "progress_message": v.progress_message,
-        "preset": v.preset.map(|p| p.as_str()),
-        "requested_capabilities": v.requested_capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        "warnings": v.warnings,
-        "error_message": v.error_message,
-        "created_at": ts(v.created_at),
-        "updated_at": ts(v.updated_at),
-        "started_at": opt_ts(v.started_at),
-        "completed_at": opt_ts(v.completed_at),
-    })
-}
-
 pub async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -383,11 +359,7 @@ pub async fn get_job(
 
 /// A job's two bodies: from the cache of finished jobs, or read and rendered (and kept, when
 /// the job has finished).
-async fn rendered(
-    state: &AppState,
-    caller: &Caller,
-    job_id: &str,
-) -> Result<view_cache::Rendered, ApiError> {
+async fn rendered(state: &AppState, caller: &Caller, job_id: &str) -> Result<Rendered, ApiError> {
     let id = parse_job_id(job_id)?;
     let now = std::time::Instant::now();
     if let Some(hit) = state.views.get(&caller.0, id, now) {
@@ -396,7 +368,7 @@ async fn rendered(
     let view = db::jobs::get_view(&state.pool, &caller.0, id)
         .await?
         .ok_or(ApiError::NotFound("job not found"))?;
-    let rendered = view_cache::Rendered::of(&view);
+    let rendered = Rendered::of(&view);
     state.views.put(&view, &rendered, now);
     Ok(rendered)
 }
@@ -410,50 +382,6 @@ fn json_bytes(body: axum::body::Bytes) -> Response {
         body,
     )
         .into_response()
-}
-
-/// The seed's shape, field for field.
-pub fn result_json(v: &JobView) -> serde_json::Value {
-    let empty = Summary::default();
-    let (result_id, summary, assets, created_at) = match &v.result {
-        Some(ResultView {
-            result_id,
-            summary,
-            assets,
-            created_at,
-        }) => (
-            Some(*result_id),
-            summary,
-            assets.as_slice(),
-            Some(*created_at),
-        ),
-        None => (None, &empty, &[][..], None),
-    };
-    let assets: Vec<_> = assets
-        .iter()
-        .map(|a| {
-            json!({
-                "asset_id": a.asset_id,
-                "label": a.label,
-                "kind": a.kind,
-                "mime_type": a.mime_type,
-                "availability": a.availability,
-                "download_url": format!("/api/v1/bd/jobs/{}/assets/{}", v.job_id, a.asset_id),
-            })
-        })
-        .collect();
-    json!({
-        "result_id": result_id,
-        "job_id": v.job_id,
-        "status": v.status.as_str(),
-        "progress_percent": v.progress_percent,
-        "progress_message": v.progress_message,
-        "summary": summary,
-        "warnings": v.warnings,
-        "result_assets": assets,
-        "created_at": opt_ts(created_at),
-        "completed_at": opt_ts(v.completed_at),
-    })
 }
 
 pub async fn get_result(
@@ -600,16 +528,7 @@ pub async fn get_asset(
     let body = if method == Method::HEAD || start == end {
         Body::empty()
     } else {
-        let reader = state
-            .storage
-            .reader(&row.storage_key)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        let stream = reader
-            .into_bytes_stream(start..end)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        Body::from_stream(stream)
+        Body::from_stream(storage::read_range(&state.storage, &row.storage_key, start..end).await?)
     };
     let filename = format!("{}-{}.{}", asset, job, extension(&row.mime_type));
     let mut resp = Response::new(body);
@@ -648,32 +567,16 @@ pub async fn cancel_job(
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_job_id(&job_id)?;
-    let mut client = state.pool.get().await.map_err(db::DbError::from)?;
-    let tx = client.transaction().await?;
-    db::jobs::lock_events_for_append(&tx).await?;
-    let mut view = db::jobs::lock_tenant_view(&tx, &caller.0, id)
-        .await?
-        .ok_or(ApiError::NotFound("job not found"))?;
-    if view.status.is_terminal() {
-        return Err(ApiError::Conflict(format!(
-            "job is already {}; only pending or running jobs can be cancelled",
-            view.status.as_str()
-        )));
-    }
-    db::jobs::mark_cancel_requested(&tx, id).await?;
-    if view.status == crate::domain::job::JobStatus::Pending {
-        let job = JobRef {
-            job_id: id,
-            tenant: caller.0.clone(),
-        };
-        let raw = Event::Cancelled(crate::domain::messages::Cancelled {
-            reason: "cancelled by the client before it started".to_owned(),
-            partial: None,
-        })
-        .into_envelope(&job, Position::API_CANCEL, Utc::now());
-        crate::projector::append_and_fold(&tx, &mut view, &raw).await?;
-    }
-    tx.commit().await?;
+    let view = match read_model::jobs::cancel(&state.pool, &caller.0, id).await? {
+        Cancel::NotFound => return Err(ApiError::NotFound("job not found")),
+        Cancel::Finished(view) => {
+            return Err(ApiError::Conflict(format!(
+                "job is already {}; only pending or running jobs can be cancelled",
+                view.status.as_str()
+            )))
+        }
+        Cancel::Requested(view) => view,
+    };
     state.views.forget(id);
     tracing::info!(job_id = %id, status = view.status.as_str(), "cancellation requested");
     Ok((StatusCode::ACCEPTED, Json(job_json(&view))).into_response())

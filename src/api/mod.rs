@@ -8,13 +8,13 @@ pub mod events;
 pub mod jobs;
 pub mod limits;
 pub mod metrics;
-pub mod outbox;
 pub mod range;
+pub mod render;
 pub mod view_cache;
 
-use crate::adapters::broker::{Outgoing, Publisher};
-use crate::adapters::db;
+use crate::adapters::broker::Publisher;
 use crate::config::ApiLimits;
+use crate::read_model::outbox::{self, outbox_relay};
 use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -239,70 +239,4 @@ pub async fn serve(
     }
     tracing::info!("api stopped");
     Ok(())
-}
-
-/// Publishes outbox rows whose fast-path publish did not confirm (broker down at the time,
-/// process killed between commit and publish). Any number of API replicas can run it: rows are
-/// locked with SKIP LOCKED while being published.
-pub async fn outbox_relay(pool: Pool, publisher: Arc<Publisher>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        match relay_once(&pool, &publisher, 5.0).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(published = n, "outbox relay published pending commands"),
-            Err(e) => tracing::warn!(error = %e, "outbox relay pass failed"),
-        }
-    }
-}
-
-/// One pass of the relay: returns how many commands it published.
-pub async fn relay_once(
-    pool: &Pool,
-    publisher: &Publisher,
-    grace_secs: f64,
-) -> anyhow::Result<usize> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let rows = db::jobs::due_outbox(&tx, grace_secs, 100).await?;
-    let exchange = publisher.topology().commands_exchange();
-    let mut published = 0;
-    for row in rows {
-        let id = row.message_id.to_string();
-        match publisher
-            .publish(Outgoing {
-                exchange: &exchange,
-                routing_key: &row.routing_key,
-                message_id: &id,
-                kind: "job.run",
-                body: &row.body,
-                correlation_id: row.correlation_id.as_deref(),
-            })
-            .await
-        {
-            Ok(()) => {
-                tx.execute(
-                    "DELETE FROM outbox WHERE message_id = $1",
-                    &[&row.message_id],
-                )
-                .await?;
-                published += 1;
-            }
-            Err(e) => {
-                tx.execute(
-                    "UPDATE outbox SET attempts = attempts + 1,
-                     next_attempt_at = now() + make_interval(secs => least(60, power(2, attempts)))
-                     WHERE message_id = $1",
-                    &[&row.message_id],
-                )
-                .await?;
-                tracing::warn!(error = %e, "outbox publish failed");
-                break;
-            }
-        }
-    }
-    tx.commit().await?;
-    Ok(published)
 }

@@ -6,30 +6,12 @@
 //!
 //! Entries hold the two bodies already rendered: a hit is a hash lookup and a reference count.
 
+pub use super::render::Rendered;
 use crate::domain::ids::{JobId, TenantId};
 use crate::domain::job::JobView;
-use axum::body::Bytes;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// The responses of one finished job.
-#[derive(Clone)]
-pub struct Rendered {
-    /// `GET /bd/jobs/{id}`.
-    pub job: Bytes,
-    /// `GET /bd/jobs/{id}/result`.
-    pub result: Bytes,
-}
-
-impl Rendered {
-    pub fn of(view: &JobView) -> Self {
-        Self {
-            job: Bytes::from(super::jobs::job_json(view).to_string()),
-            result: Bytes::from(super::jobs::result_json(view).to_string()),
-        }
-    }
-}
 
 pub struct ViewCache {
     ttl: Duration,

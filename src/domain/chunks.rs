@@ -1,13 +1,14 @@
 //! Big jobs in chunks: how a job's input is split so that any worker may run any part of it, and
 //! how the parts' results become one deliverable again. Pure; the worker does the messaging.
 //!
-//! A chunk holds whole domains: a company travels with the input contacts at its domain, and
-//! contacts of one domain stay together. Every rule of the stages that looks across records
-//! (qualification dropping a disqualified company's contacts, discovery per company, the address
-//! pattern `email_lookup` infers from a domain's known addresses, the DNS answer per domain) only
-//! looks within a domain, so a chunk computes what the whole job would have for its records. What
-//! looks across domains (dedupe, ranking, the summary) runs once, in [`assemble`], over every
-//! chunk's rows.
+//! A chunk holds whole domains where it can: a company travels with the input contacts at its
+//! domain, and contacts of one domain stay together unless they are more than a chunk. The rules
+//! of the stages that look across records (qualification dropping a disqualified company's
+//! contacts, discovery per company, the address pattern `email_lookup` infers from a domain's
+//! known addresses, the DNS answer per domain) look within a domain, so a chunk computes what the
+//! whole job would have for its records (a domain cut into pieces has its pattern inferred per
+//! piece). What looks across domains (dedupe, ranking, the summary) runs once, in [`assemble`],
+//! over every chunk's rows.
 
 use super::ids::MessageId;
 use super::input::{Company, Contact, JobInput};
@@ -27,7 +28,8 @@ pub fn records(input: &JobInput) -> usize {
 }
 
 /// Splits `input` into chunks of at most `size` records, keeping each domain's records in one
-/// chunk (a domain with more than `size` records gets a chunk of its own). Deterministic: the
+/// chunk when they fit; a bigger domain's contacts are cut into pieces of `size`, except that a
+/// company in the job keeps all its input contacts (a chunk of its own). Deterministic: the
 /// same input always gives the same chunks, in the same order, so that a split redone after a
 /// crash publishes the same chunks again.
 pub fn split(input: &JobInput, size: usize) -> Vec<JobInput> {
@@ -55,9 +57,22 @@ pub fn split(input: &JobInput, size: usize) -> Vec<JobInput> {
         };
         groups[g].1.push(c);
     }
+    // A domain's contacts without their company in the job may be cut into pieces: nothing
+    // but `email_lookup`'s pattern inference looks across them (it then infers per piece). A
+    // company keeps all its contacts, since qualification decides for them together.
+    let pieces = groups.into_iter().flat_map(|(companies, contacts)| {
+        if companies.is_empty() && contacts.len() > size {
+            contacts
+                .chunks(size)
+                .map(|piece| (Vec::new(), piece.to_vec()))
+                .collect::<Vec<_>>()
+        } else {
+            vec![(companies, contacts)]
+        }
+    });
     let mut chunks: Vec<JobInput> = Vec::new();
     let mut current = JobInput::default();
-    for (companies, contacts) in groups {
+    for (companies, contacts) in pieces {
         let n = companies.len() + contacts.len();
         if records(&current) > 0 && records(&current) + n > size {
             chunks.push(std::mem::take(&mut current));

@@ -178,6 +178,25 @@ pub async fn delete_outbox_rows(pool: &Pool, messages: &[Uuid]) -> Result<(), Db
     Ok(())
 }
 
+/// Forgets one outbox row inside the relay's transaction, which holds it locked.
+pub async fn delete_outbox_row(tx: &impl GenericClient, message: Uuid) -> Result<(), DbError> {
+    tx.execute("DELETE FROM outbox WHERE message_id = $1", &[&message])
+        .await?;
+    Ok(())
+}
+
+/// Puts a row whose publish failed back with exponential backoff (1 s doubling, at most 60 s).
+pub async fn postpone_outbox_row(tx: &impl GenericClient, message: Uuid) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE outbox SET attempts = attempts + 1,
+         next_attempt_at = now() + make_interval(secs => least(60, power(2, attempts)))
+         WHERE message_id = $1",
+        &[&message],
+    )
+    .await?;
+    Ok(())
+}
+
 pub struct OutboxRow {
     pub message_id: Uuid,
     pub routing_key: String,

@@ -3,7 +3,7 @@
 //!
 //! Afterwards every API answer is what folding the log gives: the same JSON the projector
 //! produced, the same asset bytes (both come from `domain::job::fold` and
-//! `projector::render_assets`, the code the projector runs).
+//! `assets::render_assets`, the code the projector runs).
 //!
 //! # Rebuilding while projectors run
 //!
@@ -37,13 +37,13 @@
 //! Compaction may run concurrently: it only deletes events the fold does not need
 //! (`domain::retention`), so a shadow built from more events than remain is still exact.
 
+use super::{assets, ReadModelError};
 use crate::adapters::db::events::{self as log, Scope, Swapped};
 use crate::adapters::db::DbError;
 use crate::adapters::storage::StorageError;
 use crate::domain::ids::JobId;
 use crate::domain::job::fold;
 use crate::domain::messages::{DecodeError, EventRecord, RawEnvelope};
-use crate::projector::{self, ProjectorError};
 use deadpool_postgres::{GenericClient, Pool};
 use indicatif::{ProgressBar, ProgressStyle};
 use opendal::Operator;
@@ -84,13 +84,13 @@ impl From<tokio_postgres::Error> for ReplayError {
     }
 }
 
-impl From<ProjectorError> for ReplayError {
-    fn from(e: ProjectorError) -> Self {
+impl From<ReadModelError> for ReplayError {
+    fn from(e: ReadModelError) -> Self {
         match e {
-            ProjectorError::Malformed(e) => ReplayError::Decode(e),
-            ProjectorError::Database(e) => ReplayError::Database(e),
-            ProjectorError::Storage(e) => ReplayError::Storage(e),
-            ProjectorError::Claim(e) => ReplayError::Claim(e),
+            ReadModelError::Malformed(e) => ReplayError::Decode(e),
+            ReadModelError::Database(e) => ReplayError::Database(e),
+            ReadModelError::Storage(e) => ReplayError::Storage(e),
+            ReadModelError::Claim(e) => ReplayError::Claim(e),
         }
     }
 }
@@ -116,7 +116,7 @@ pub struct Rebuild {
 /// Folds one job's events and renders its assets (not yet stored).
 fn rebuild_job(
     events: &[RawEnvelope],
-) -> Result<Option<(log::ShadowRow<'_>, Vec<projector::RenderedAsset>)>, ReplayError> {
+) -> Result<Option<(log::ShadowRow<'_>, Vec<assets::RenderedAsset>)>, ReplayError> {
     let records = events
         .iter()
         .map(EventRecord::from_raw)
@@ -127,9 +127,9 @@ fn rebuild_job(
     let view = fold(&records);
     let mut rendered = Vec::new();
     if let Some(view) = &view {
-        if let Some(winner) = projector::winner(view, &records) {
-            if let Some(done) = projector::deliverable_of(&winner.event) {
-                rendered = projector::render_assets(view, done);
+        if let Some(winner) = assets::winner(view, &records) {
+            if let Some(done) = assets::deliverable_of(&winner.event) {
+                rendered = assets::render_assets(view, done);
             }
         }
     }
@@ -166,7 +166,7 @@ async fn rebuild_jobs(
             objects.extend(rendered);
         }
     }
-    projector::put_assets(storage, &objects).await?;
+    assets::put_assets(storage, &objects).await?;
     log::put_shadows(client, run, &rows).await?;
     Ok(rows.len())
 }

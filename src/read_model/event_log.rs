@@ -3,7 +3,7 @@
 //! - **export** writes one envelope per line, exactly as recorded (old versions stay old: the
 //!   upcaster runs on every read), in arrival order (`events.id`), for everything, a tenant or a
 //!   job. That is how the replay fixtures in `tests/fixtures/` are recorded.
-//! - **import** feeds a recorded stream through the projector's step (`projector::apply`), one
+//! - **import** feeds a recorded stream through the projector's step (`read_model::apply`), one
 //!   line at a time and in file order. The step is idempotent by message id and the fold does
 //!   not care about order, so importing a file twice changes nothing and a shuffled file
 //!   imports to the same answers. A line that is not a readable event is reported with its
@@ -12,11 +12,11 @@
 //!   given age ago, except those the fold needs to reproduce the job's view field for field
 //!   (`domain::retention`). Replay after compaction gives the same API answers.
 
+use super::{Applied, ReadModelError};
 use crate::adapters::db::events::{self as log, Scope};
 use crate::adapters::db::DbError;
 use crate::domain::messages::{EventRecord, RawEnvelope};
 use crate::domain::retention::redundant_progress;
-use crate::projector::{self, Applied, ProjectorError};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -47,7 +47,7 @@ pub enum EventLogError {
     #[error("cannot write the export: {0}")]
     Write(std::io::Error),
     #[error("line {line}: {source}")]
-    Apply { line: usize, source: ProjectorError },
+    Apply { line: usize, source: ReadModelError },
     #[error("the event log holds an event this build cannot read: {0}")]
     Corrupt(String),
 }
@@ -151,12 +151,12 @@ pub async fn import(
                 continue;
             }
         };
-        match projector::apply(pool, storage, &raw).await {
+        match super::apply(pool, storage, &raw).await {
             Ok(Applied::Changed) => report.changed += 1,
             Ok(Applied::Unchanged) => report.unchanged += 1,
             Ok(Applied::Duplicate) => report.duplicates += 1,
             Ok(Applied::Orphan) => report.orphans += 1,
-            Err(ProjectorError::Malformed(e)) => report.skipped.push((number, e.to_string())),
+            Err(ReadModelError::Malformed(e)) => report.skipped.push((number, e.to_string())),
             Err(source) => {
                 bar.abandon();
                 return Err(EventLogError::Apply {
