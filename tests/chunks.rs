@@ -304,7 +304,10 @@ async fn a_cancel_stops_every_chunk_and_delivers_the_chunks_done() {
         &format!("/api/v1/bd/jobs/{job_id}/result"),
     )
     .await;
-    assert_eq!(result["assets"][0]["availability"], "partial", "{result}");
+    assert_eq!(
+        result["result_assets"][0]["availability"], "partial",
+        "{result}"
+    );
     let delivered = result["summary"]["delivered_contacts"].as_u64().unwrap();
     assert!(delivered >= 10 && delivered < 200, "{result}");
     assert_eq!(delivered % 10, 0, "whole chunks only: {result}");

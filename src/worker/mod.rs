@@ -1,5 +1,8 @@
 //! The worker role: consumes `job.run` commands, runs the planned stages, and publishes the
-//! job's events with confirms before it acknowledges the command.
+//! job's events with confirms before it acknowledges the command. A job above the chunk size is
+//! split into `job.run_chunk` commands instead; each chunk is run, recorded, and the last to land
+//! assembles the deliverable (docs/messaging.md, "Big jobs in chunks"). Bulky messages travel as
+//! claim checks through the asset store.
 //!
 //! [`process_one`] is the step (tests drive it with an in-memory sink); [`run`] is the loop that
 //! adds consuming, acknowledging, reconnecting and shutdown.
