@@ -10,19 +10,16 @@
 //! - [`worker`], [`projector`], [`api`]: the three roles, each a step plus a loop. They depend on
 //!   `read_model`, `adapters` and `domain`, never on each other (a test below holds them to it);
 //! - [`app`]: wiring roles to configuration; [`config`]: the settings;
-//! - [`demo`], [`import`], [`dlq`] and [`watch`]: the CLI's longer commands.
+//! - [`cli`]: the body of each command of the binary, one file a command.
 
 pub mod adapters;
 pub mod api;
 pub mod app;
+pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod dlq;
 pub mod domain;
-pub mod import;
 pub mod projector;
 pub mod read_model;
-pub mod watch;
 pub mod worker;
 
 #[cfg(test)]
@@ -77,7 +74,7 @@ mod layering {
     #[test]
     fn the_read_model_and_the_adapters_import_no_role_and_no_command() {
         for module in ["read_model", "adapters"] {
-            let found = imports_of(module, &["api", "worker", "projector", "app"]);
+            let found = imports_of(module, &["api", "worker", "projector", "cli", "app"]);
             assert!(
                 found.is_empty(),
                 "{module} imports upward:\n{}",

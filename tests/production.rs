@@ -4,7 +4,7 @@
 
 mod common;
 
-use bdjobs::watch::{self, Outcome};
+use bdjobs::cli::watch::{self, Outcome};
 use common::{demo_job, demo_zone, Resources, TestApp};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;

@@ -6,6 +6,7 @@ mod common;
 use bdjobs::adapters::broker::RUN_JOB_KEY;
 use bdjobs::adapters::db;
 use bdjobs::adapters::storage;
+use bdjobs::adapters::Retryable;
 use bdjobs::domain::ids::{JobId, TenantId};
 use bdjobs::domain::input::{RawContact, RawInput};
 use bdjobs::domain::job::{fold, JobStatus, JobView};

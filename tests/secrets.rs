@@ -56,10 +56,10 @@ async fn a_full_run_logs_neither_the_key_nor_the_authorization_header() {
     assert_eq!(resp.status(), 202);
     let job: Value = resp.json().await.unwrap();
     let job = job["job_id"].as_str().unwrap().to_owned();
-    let outcome = bdjobs::watch::watch(&app.base, &key, &job, false)
+    let outcome = bdjobs::cli::watch::watch(&app.base, &key, &job, false)
         .await
         .unwrap();
-    assert_eq!(outcome, bdjobs::watch::Outcome::Completed);
+    assert_eq!(outcome, bdjobs::cli::watch::Outcome::Completed);
     app.get_json(&key, "/api/v1/bd/jobs").await;
     let result = app
         .get_json(&key, &format!("/api/v1/bd/jobs/{job}/result"))

@@ -69,7 +69,7 @@ impl Env {
             assets,
         });
         let pool = app::migrate(&config).await?;
-        let report = bdjobs::import::import_file(
+        let report = bdjobs::cli::import::import_file(
             &pool,
             std::path::Path::new(concat!(
                 env!("CARGO_MANIFEST_DIR"),

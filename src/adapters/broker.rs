@@ -8,6 +8,7 @@
 //! - `NS.dlx` (fanout) → quorum queue `NS.dead`: what the two queues dead-letter, either after
 //!   `DELIVERY_LIMIT` redeliveries or because a consumer rejected it as malformed.
 
+use crate::adapters::Retryable;
 use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -44,9 +45,9 @@ pub enum BrokerError {
     },
 }
 
-impl BrokerError {
+impl crate::adapters::Retryable for BrokerError {
     /// Everything but an unroutable message can succeed on a later try (after a reconnect).
-    pub fn is_retryable(&self) -> bool {
+    fn is_retryable(&self) -> bool {
         !matches!(
             self,
             BrokerError::Unroutable(_) | BrokerError::TooLarge { .. }
@@ -60,9 +61,10 @@ pub struct Topology {
     pub namespace: String,
 }
 
-pub const RUN_JOB_KEY: &str = "job.run";
+/// The routing key of `job.run` commands.
+pub const RUN_JOB_KEY: &str = crate::domain::messages::kinds::RUN;
 /// Chunks of a split job go to the same queue as whole jobs: any worker runs either.
-pub const RUN_CHUNK_KEY: &str = "job.run_chunk";
+pub const RUN_CHUNK_KEY: &str = crate::domain::messages::kinds::RUN_CHUNK;
 
 impl Topology {
     pub fn new(namespace: &str) -> Self {
@@ -502,6 +504,35 @@ async fn settle(
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
         Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(routing_key)),
         Confirmation::Nack(_) => Err(BrokerError::Nacked(routing_key)),
+    }
+}
+
+/// The reconnect loop of the consuming roles: runs `session` (connect, declare, consume until
+/// shutdown or until the connection fails) again and again, [`backoff`] apart, until a session
+/// ends cleanly or `shutdown` is cancelled. The roles reconnect themselves rather than rely on
+/// lapin's recovery, so that each new session declares the topology again.
+pub async fn reconnecting<F, Fut>(
+    role: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut session: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), BrokerError>>,
+{
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        match session().await {
+            Ok(()) => break,
+            Err(e) => {
+                failures += 1;
+                let wait = backoff(failures);
+                tracing::warn!(error = %e, ?wait, "{role} lost the broker; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
     }
 }
 

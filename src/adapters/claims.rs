@@ -26,9 +26,9 @@ pub enum ClaimError {
     Corrupt(#[from] messages::ClaimError),
 }
 
-impl ClaimError {
+impl super::Retryable for ClaimError {
     /// A storage outage may pass; a missing or altered object will not.
-    pub fn is_retryable(&self) -> bool {
+    fn is_retryable(&self) -> bool {
         match self {
             ClaimError::Storage(e) => e.is_retryable() && !e.is_not_found(),
             ClaimError::Corrupt(_) => false,
@@ -100,6 +100,7 @@ pub async fn open_all<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::Retryable;
     use crate::domain::messages::{Event, JobRef, Position, Warning};
 
     fn warning(len: usize) -> RawEnvelope {

@@ -116,15 +116,6 @@ pub enum DnsError {
 }
 
 impl DnsError {
-    /// True when asking again later may give a different answer; negative
-    /// answers and bad input are final.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            DnsError::Timeout | DnsError::ServerFailure(_) | DnsError::Network(_)
-        )
-    }
-
     fn from_net(err: &NetError) -> Self {
         match err {
             _ if err.is_nx_domain() => DnsError::NxDomain,
@@ -142,6 +133,17 @@ impl DnsError {
             NetError::Timeout => DnsError::Timeout,
             other => DnsError::Network(other.to_string()),
         }
+    }
+}
+
+impl crate::adapters::Retryable for DnsError {
+    /// True when asking again later may give a different answer; negative
+    /// answers and bad input are final.
+    fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            DnsError::Timeout | DnsError::ServerFailure(_) | DnsError::Network(_)
+        )
     }
 }
 
@@ -378,6 +380,7 @@ impl<R: MailDomainResolver> MailDomainResolver for CachedResolver<R> {
 mod tests {
     use super::*;
     use crate::adapters::dns_stub::{StubDns, StubZone};
+    use crate::adapters::Retryable;
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Instant;

@@ -18,15 +18,17 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    pub fn is_retryable(&self) -> bool {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::Backend(e) if e.kind() == ErrorKind::NotFound)
+    }
+}
+
+impl crate::adapters::Retryable for StorageError {
+    fn is_retryable(&self) -> bool {
         match self {
             StorageError::Config(..) => false,
             StorageError::Backend(e) => e.is_temporary() || e.kind() == ErrorKind::Unexpected,
         }
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, StorageError::Backend(e) if e.kind() == ErrorKind::NotFound)
     }
 }
 

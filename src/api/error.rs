@@ -1,6 +1,7 @@
 //! The one error type of the HTTP API. Every error body is `{"detail": "..."}`; a 5xx never
 //! carries internals (they go to the log, with the request's span).
 
+use crate::adapters::Retryable;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;

@@ -9,6 +9,22 @@ use super::stages::{DeliveredContact, ExecutionOptions, IcpConfig, Summary};
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+/// The type of every message, which is also its routing key on the broker: spelled once, here.
+pub mod kinds {
+    /// The command that runs a job (`NS.commands` → `NS.jobs`).
+    pub const RUN: &str = "job.run";
+    /// One chunk of a split job (`NS.commands` → `NS.jobs`).
+    pub const RUN_CHUNK: &str = "job.run_chunk";
+    pub const CREATED: &str = "job.created";
+    pub const STARTED: &str = "job.started";
+    pub const PROGRESS: &str = "job.progress";
+    pub const WARNING: &str = "job.warning";
+    pub const COMPLETED: &str = "job.completed";
+    pub const CHUNK_COMPLETED: &str = "job.chunk_completed";
+    pub const FAILED: &str = "job.failed";
+    pub const CANCELLED: &str = "job.cancelled";
+}
+
 /// Where a message stands in its job's history: the worker attempt that produced it, then its
 /// sequence number within that attempt. Positions order a job's events even when the broker
 /// delivers them out of order or twice.
@@ -181,14 +197,14 @@ impl RawEnvelope {
             None => self,
         };
         Ok(match (this.kind.as_str(), this.version) {
-            ("job.created", 1) => Created(this.payload_as()?),
-            ("job.started", 1) => Started(this.payload_as()?),
-            ("job.progress", 2) => Progress(this.payload_as()?),
-            ("job.warning", 1) => Warning(this.payload_as()?),
-            ("job.completed", 1) => Completed(this.payload_as()?),
-            ("job.chunk_completed", 1) => ChunkCompleted(this.payload_as()?),
-            ("job.failed", 1) => Failed(this.payload_as()?),
-            ("job.cancelled", 1) => Cancelled(this.payload_as()?),
+            (kinds::CREATED, 1) => Created(this.payload_as()?),
+            (kinds::STARTED, 1) => Started(this.payload_as()?),
+            (kinds::PROGRESS, 2) => Progress(this.payload_as()?),
+            (kinds::WARNING, 1) => Warning(this.payload_as()?),
+            (kinds::COMPLETED, 1) => Completed(this.payload_as()?),
+            (kinds::CHUNK_COMPLETED, 1) => ChunkCompleted(this.payload_as()?),
+            (kinds::FAILED, 1) => Failed(this.payload_as()?),
+            (kinds::CANCELLED, 1) => Cancelled(this.payload_as()?),
             _ => return Err(self.unknown()),
         })
     }
@@ -212,7 +228,7 @@ fn upcast_event(raw: &RawEnvelope) -> Option<RawEnvelope> {
         let at = current.as_ref().unwrap_or(raw);
         let next = match (at.kind.as_str(), at.version) {
             // v1 → v2: v2 adds the stage's item counts, which v1 never carried.
-            ("job.progress", 1) => {
+            (kinds::PROGRESS, 1) => {
                 let mut payload = at.payload.clone();
                 if let Some(obj) = payload.as_object_mut() {
                     obj.entry("done").or_insert(serde_json::Value::Null);
@@ -273,7 +289,7 @@ pub struct RunJob {
 }
 
 impl RunJob {
-    pub const TYPE: &'static str = "job.run";
+    pub const TYPE: &'static str = kinds::RUN;
 }
 
 /// Which part of a chunked job a `job.run_chunk` command or a `job.chunk_completed` event is:
@@ -295,7 +311,7 @@ pub struct RunChunk {
 }
 
 impl RunChunk {
-    pub const TYPE: &'static str = "job.run_chunk";
+    pub const TYPE: &'static str = kinds::RUN_CHUNK;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -412,14 +428,14 @@ pub enum Event {
 impl Event {
     pub fn kind(&self) -> &'static str {
         match self {
-            Event::Created(_) => "job.created",
-            Event::Started(_) => "job.started",
-            Event::Progress(_) => "job.progress",
-            Event::Warning(_) => "job.warning",
-            Event::Completed(_) => "job.completed",
-            Event::ChunkCompleted(_) => "job.chunk_completed",
-            Event::Failed(_) => "job.failed",
-            Event::Cancelled(_) => "job.cancelled",
+            Event::Created(_) => kinds::CREATED,
+            Event::Started(_) => kinds::STARTED,
+            Event::Progress(_) => kinds::PROGRESS,
+            Event::Warning(_) => kinds::WARNING,
+            Event::Completed(_) => kinds::COMPLETED,
+            Event::ChunkCompleted(_) => kinds::CHUNK_COMPLETED,
+            Event::Failed(_) => kinds::FAILED,
+            Event::Cancelled(_) => kinds::CANCELLED,
         }
     }
 

@@ -4,6 +4,7 @@
 //! live in `read_model`.
 
 use crate::adapters::broker::{self, BrokerError, Topology};
+use crate::adapters::Retryable;
 use crate::domain::messages::{EventRecord, RawEnvelope};
 use crate::read_model::{apply, apply_batch, reap_stuck, Applied, ReadModelError};
 use deadpool_postgres::Pool;
@@ -67,21 +68,10 @@ pub async fn run(
         config.stuck_after,
         shutdown.clone(),
     ));
-    let mut failures = 0u32;
-    while !shutdown.is_cancelled() {
-        match consume(&config, &pool, &storage, &shutdown).await {
-            Ok(()) => break,
-            Err(e) => {
-                failures += 1;
-                let wait = broker::backoff(failures);
-                tracing::warn!(error = %e, ?wait, "projector lost the broker; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-            }
-        }
-    }
+    broker::reconnecting("projector", &shutdown, || {
+        consume(&config, &pool, &storage, &shutdown)
+    })
+    .await;
     let _ = reaper.await;
     tracing::info!("projector stopped");
     Ok(())

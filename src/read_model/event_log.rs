@@ -15,28 +15,14 @@
 use super::{Applied, ReadModelError};
 use crate::adapters::db::events::{self as log, Scope};
 use crate::adapters::db::DbError;
+use crate::adapters::progress::bar;
 use crate::domain::messages::{EventRecord, RawEnvelope};
 use crate::domain::retention::redundant_progress;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use indicatif::{ProgressBar, ProgressStyle};
 use opendal::Operator;
 use std::io::{BufRead, Write};
 use std::time::Duration;
-
-fn bar(show: bool, len: u64, template: &str) -> ProgressBar {
-    let bar = if show {
-        ProgressBar::new(len)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(template)
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventLogError {

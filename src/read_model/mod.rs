@@ -45,8 +45,8 @@ pub enum ReadModelError {
     Claim(#[from] crate::adapters::claims::ClaimError),
 }
 
-impl ReadModelError {
-    pub fn is_retryable(&self) -> bool {
+impl crate::adapters::Retryable for ReadModelError {
+    fn is_retryable(&self) -> bool {
         match self {
             ReadModelError::Malformed(_) => false,
             ReadModelError::Database(e) => e.is_retryable(),

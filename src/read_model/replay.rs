@@ -40,12 +40,13 @@
 use super::{assets, ReadModelError};
 use crate::adapters::db::events::{self as log, Scope, Swapped};
 use crate::adapters::db::DbError;
+use crate::adapters::progress;
 use crate::adapters::storage::StorageError;
 use crate::domain::ids::JobId;
 use crate::domain::job::fold;
 use crate::domain::messages::{DecodeError, EventRecord, RawEnvelope};
 use deadpool_postgres::{GenericClient, Pool};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use opendal::Operator;
 use uuid::Uuid;
 
@@ -67,8 +68,8 @@ pub enum ReplayError {
     Claim(#[from] crate::adapters::claims::ClaimError),
 }
 
-impl ReplayError {
-    pub fn is_retryable(&self) -> bool {
+impl crate::adapters::Retryable for ReplayError {
+    fn is_retryable(&self) -> bool {
         match self {
             ReplayError::Database(e) => e.is_retryable(),
             ReplayError::Storage(e) => e.is_retryable(),
@@ -258,17 +259,10 @@ pub async fn replay(
     show_progress: bool,
 ) -> Result<ReplayReport, ReplayError> {
     let rebuild = Rebuild::start(pool, scope).await?;
-    let bar = if show_progress {
-        ProgressBar::new(rebuild.jobs() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} replaying [{bar:40}] {pos}/{len} jobs ({per_sec}, {eta} left)",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
+    let bar = progress::bar(
+        show_progress,
+        rebuild.jobs() as u64,
+        "{spinner} replaying [{bar:40}] {pos}/{len} jobs ({per_sec}, {eta} left)",
     );
     if let Err(e) = rebuild.build(pool, storage, &bar).await {
         bar.abandon();

@@ -13,6 +13,7 @@ pub mod sources;
 use crate::adapters::broker::{self, BrokerError, Confirm, Outgoing, Publisher, Topology};
 use crate::adapters::claims::{self, ClaimError, Claims};
 use crate::adapters::db::{self, DbError};
+use crate::adapters::Retryable;
 use crate::domain::chunks::{self, ChunkReport};
 use crate::domain::ids::{JobId, MessageId};
 use crate::domain::messages::{
@@ -47,8 +48,8 @@ pub enum WorkerError {
     NotYet(String),
 }
 
-impl WorkerError {
-    pub fn is_retryable(&self) -> bool {
+impl crate::adapters::Retryable for WorkerError {
+    fn is_retryable(&self) -> bool {
         match self {
             WorkerError::Database(e) => e.is_retryable(),
             WorkerError::Broker(e) => e.is_retryable(),
@@ -56,7 +57,9 @@ impl WorkerError {
             WorkerError::NotYet(_) => true,
         }
     }
+}
 
+impl WorkerError {
     /// A claim-checked payload that cannot be read: retryable while storage may come back.
     pub fn from_claim(e: ClaimError) -> Self {
         if e.is_retryable() {
@@ -797,21 +800,10 @@ pub async fn run(
         publisher,
         claims: Claims::new(config.storage.clone(), config.max_message_bytes),
     });
-    let mut failures = 0u32;
-    while !shutdown.is_cancelled() {
-        match consume(&config, &sources, &sink, &pool, &shutdown).await {
-            Ok(()) => break,
-            Err(e) => {
-                failures += 1;
-                let wait = broker::backoff(failures);
-                tracing::warn!(error = %e, ?wait, "worker lost the broker; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-            }
-        }
-    }
+    broker::reconnecting("worker", &shutdown, || {
+        consume(&config, &sources, &sink, &pool, &shutdown)
+    })
+    .await;
     tracing::info!("worker stopped");
     Ok(())
 }

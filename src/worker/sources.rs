@@ -2,6 +2,7 @@
 //! provider, or a fake in a test, can stand in without touching the pipeline.
 
 use crate::adapters::db::{self, DbError};
+use crate::adapters::Retryable;
 use crate::domain::stages::{DirectoryCompany, DirectoryPerson};
 use async_trait::async_trait;
 use deadpool_postgres::Pool;

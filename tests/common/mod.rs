@@ -66,7 +66,7 @@ impl Resources {
             pool,
             assets,
         };
-        let report = bdjobs::import::import_file(
+        let report = bdjobs::cli::import::import_file(
             &r.pool,
             std::path::Path::new(concat!(
                 env!("CARGO_MANIFEST_DIR"),

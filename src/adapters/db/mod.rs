@@ -26,10 +26,10 @@ pub enum DbError {
     Corrupt(String),
 }
 
-impl DbError {
+impl crate::adapters::Retryable for DbError {
     /// Connection trouble, serialization failures and deadlocks pass; constraint and syntax
     /// errors do not.
-    pub fn is_retryable(&self) -> bool {
+    fn is_retryable(&self) -> bool {
         match self {
             DbError::Pool(_) => true,
             DbError::Query(e) => match e.code() {

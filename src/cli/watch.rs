@@ -1,9 +1,10 @@
 //! `bdjobs watch JOB_ID`: follows a job through the API's event stream
 //! (`GET /api/v1/bd/jobs/{job_id}/events`), draws a progress bar, and reports how the job ended.
 
+use crate::adapters::progress;
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
+use std::process::ExitCode;
 use std::time::Duration;
 
 /// One Server-Sent Event: its `event` name (`message` when unnamed) and its `data`.
@@ -77,28 +78,13 @@ pub enum Outcome {
 
 impl Outcome {
     /// The process exit code `bdjobs watch` ends with: 0, 1 (failed) or 2 (cancelled).
-    pub fn exit_code(&self) -> i32 {
+    pub fn exit_code(&self) -> u8 {
         match self {
             Outcome::Completed => 0,
             Outcome::Failed(_) => 1,
             Outcome::Cancelled => 2,
         }
     }
-}
-
-fn bar(show: bool) -> ProgressBar {
-    let bar = if show {
-        ProgressBar::new(100)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:40}] {pos:>3}% {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
 }
 
 /// Follows `job_id` at `api` (the server's base URL) until it ends. Reconnects when the stream
@@ -119,7 +105,7 @@ pub async fn watch(api: &str, key: &str, job_id: &str, show_bar: bool) -> anyhow
         http = http.no_proxy();
     }
     let http = http.build().context("cannot build an HTTP client")?;
-    let bar = bar(show_bar);
+    let bar = progress::percent(show_bar);
     let mut failures = 0u32;
     let mut warnings_seen = 0usize;
     loop {
@@ -214,6 +200,30 @@ pub async fn watch(api: &str, key: &str, job_id: &str, show_bar: bool) -> anyhow
         bar.set_message("stream closed; reconnecting");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+#[derive(clap::Args)]
+pub struct WatchArgs {
+    /// The job's id (from POST /api/v1/bd/jobs).
+    job_id: String,
+    /// Base URL of the API.
+    #[arg(long, env = "BDJOBS_API_URL", default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// API key (dc_...). Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, env = "BDJOBS_API_KEY", hide_env_values = true)]
+    key: String,
+}
+
+/// Follows the job and exits with its outcome's code.
+pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    let WatchArgs { job_id, api, key } = args;
+    let outcome = watch(&api, &key, &job_id, super::show_progress()).await?;
+    match &outcome {
+        Outcome::Completed => println!("job {job_id} completed"),
+        Outcome::Failed(why) => eprintln!("job {job_id} failed: {why}"),
+        Outcome::Cancelled => eprintln!("job {job_id} was cancelled"),
+    }
+    Ok(ExitCode::from(outcome.exit_code()))
 }
 
 #[cfg(test)]

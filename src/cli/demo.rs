@@ -5,21 +5,21 @@
 //! role, creates an API key, submits `examples/demo-job.json` over HTTP, draws a progress bar
 //! while it runs, then prints the result JSON and where the assets are stored.
 
-use crate::adapters::db;
 use crate::adapters::dns_stub::{StubDns, StubZone};
+use crate::adapters::{db, progress};
 use crate::app;
 use crate::config::Config;
 use crate::domain::ids::TenantId;
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How long the demo waits for its job before giving up.
 const DEADLINE: Duration = Duration::from_secs(120);
 
-pub async fn run(mut config: Config, examples: &Path) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, examples: &Path) -> anyhow::Result<ExitCode> {
     let read = |name: &str| {
         let path = examples.join(name);
         std::fs::read_to_string(&path).with_context(|| {
@@ -36,7 +36,7 @@ pub async fn run(mut config: Config, examples: &Path) -> anyhow::Result<()> {
     eprintln!("==> preparing the database");
     let pool = app::migrate(&config).await?;
     let report =
-        crate::import::import_file(&pool, &examples.join("directory.jsonl"), false).await?;
+        super::import::import_file(&pool, &examples.join("directory.jsonl"), false).await?;
     eprintln!(
         "    directory: {} companies and {} people imported",
         report.companies, report.people
@@ -87,7 +87,7 @@ pub async fn run(mut config: Config, examples: &Path) -> anyhow::Result<()> {
     if result["status"] != "completed" {
         bail!("the demo job ended {}", result["status"]);
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn submit_and_wait(
@@ -117,12 +117,7 @@ async fn submit_and_wait(
         .context("no job_id in the response")?
         .to_owned();
     eprintln!("==> submitted job {job_id}");
-    let bar = ProgressBar::new(100);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:40}] {pos:>3}% {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
+    let bar = progress::bar(true, 100, progress::PERCENT);
     let started = Instant::now();
     loop {
         let job = get_json(

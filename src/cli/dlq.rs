@@ -7,9 +7,12 @@
 //! comes back, so a redrive can do no harm beyond one more trip.
 
 use crate::adapters::broker::{self, BrokerError, Outgoing, Publisher, Topology, RUN_JOB_KEY};
+use crate::adapters::progress;
 use crate::domain::messages::RawEnvelope;
+use anyhow::Context;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::AMQPValue;
+use std::process::ExitCode;
 
 /// One dead message, as `dlq list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,4 +158,59 @@ pub async fn redrive(
     broker::release(&skipped).await?;
     let _ = conn.close(200, "done".into()).await;
     Ok(done)
+}
+
+#[derive(clap::Subcommand)]
+pub enum DlqCommand {
+    /// List dead messages (they stay in the queue).
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Republish dead messages to the queue they came from, oldest first.
+    Redrive {
+        /// Re-drive at most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+pub async fn run(config: &crate::config::Config, command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let topology = crate::app::topology(config);
+    match command {
+        DlqCommand::List { limit } => {
+            let dead = list(&config.amqp_url, &topology, limit)
+                .await
+                .context("could not read the dead-letter queue")?;
+            println!(
+                "{:<38} {:<14} {:<38} {:<22} {:<16} BYTES",
+                "MESSAGE", "TYPE", "JOB", "FROM", "REASON"
+            );
+            for m in &dead {
+                println!(
+                    "{:<38} {:<14} {:<38} {:<22} {:<16} {}",
+                    m.message_id,
+                    m.kind,
+                    m.job_id.as_deref().unwrap_or("-"),
+                    m.queue.as_deref().unwrap_or("-"),
+                    m.reason.as_deref().unwrap_or("-"),
+                    m.bytes
+                );
+            }
+            eprintln!("{} dead message(s) shown", dead.len());
+        }
+        DlqCommand::Redrive { limit } => {
+            let bar = progress::spinner("re-driving dead messages");
+            let done = redrive(&config.amqp_url, &topology, limit, |_| bar.inc(1))
+                .await
+                .context("re-drive failed")?;
+            bar.finish_and_clear();
+            println!(
+                "republished {} message(s); left {} with no known origin",
+                done.republished, done.left
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

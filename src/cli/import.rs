@@ -12,13 +12,15 @@
 //! name). A bad record is skipped and reported with its line number; the rest still load.
 
 use crate::adapters::db::{self, DbError};
+use crate::adapters::progress;
 use crate::domain::email::{normalize_domain, parse_email};
 use crate::domain::stages::discovery::seniority_rank;
 use crate::domain::stages::{DirectoryCompany, DirectoryPerson};
+use anyhow::Context;
 use deadpool_postgres::Pool;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::ExitCode;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -217,17 +219,10 @@ pub async fn import_file(
     let data = std::fs::read_to_string(path)
         .map_err(|e| ImportError::Read(path.display().to_string(), e))?;
     let records = parse(path, &data)?;
-    let bar = if show_progress {
-        ProgressBar::new(records.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} importing [{bar:40}] {pos}/{len} records ({per_sec}, {eta} left)",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
+    let bar = progress::bar(
+        show_progress,
+        records.len() as u64,
+        "{spinner} importing [{bar:40}] {pos}/{len} records ({per_sec}, {eta} left)",
     );
     let mut report = ImportReport::default();
     let mut client = pool.get().await.map_err(DbError::from)?;
@@ -252,6 +247,36 @@ pub async fn import_file(
     }
     bar.finish_and_clear();
     Ok(report)
+}
+
+#[derive(clap::Subcommand)]
+pub enum DirectoryCommand {
+    /// Import companies and people from a CSV or JSON Lines file (see the README for columns).
+    Import {
+        /// The file: .csv, .jsonl or .ndjson.
+        file: std::path::PathBuf,
+    },
+}
+
+pub async fn run(
+    config: &crate::config::Config,
+    command: DirectoryCommand,
+) -> anyhow::Result<ExitCode> {
+    let DirectoryCommand::Import { file } = command;
+    let pool = crate::app::connect_db(config)?;
+    let report = import_file(&pool, &file, super::show_progress())
+        .await
+        .with_context(|| format!("import of {} failed", file.display()))?;
+    for (line, reason) in &report.skipped {
+        eprintln!("{}:{line}: skipped: {reason}", file.display());
+    }
+    println!(
+        "imported {} companies and {} people; skipped {} record(s)",
+        report.companies,
+        report.people,
+        report.skipped.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
