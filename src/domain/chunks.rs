@@ -224,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn a_domain_bigger_than_a_chunk_gets_a_chunk_of_its_own() {
+    fn a_domain_bigger_than_a_chunk_is_cut_unless_its_company_is_in_the_job() {
         let mut input = JobInput::default();
         input.contacts.push(contact("small.example", "a"));
         for i in 0..7 {
@@ -233,9 +233,17 @@ mod tests {
                 .push(contact("big.example", &format!("p{i}")));
         }
         input.contacts.push(contact("other.example", "b"));
+        input.companies.push(company("firm.example"));
+        for i in 0..4 {
+            input
+                .contacts
+                .push(contact("firm.example", &format!("q{i}")));
+        }
         let chunks = split(&input, 3);
         let sizes: Vec<usize> = chunks.iter().map(records).collect();
-        assert_eq!(sizes, [1, 7, 1]);
+        // firm.example (seen first, with its company) stays whole: 5 records.
+        assert_eq!(sizes, [5, 1, 3, 3, 2]);
+        assert_eq!(chunks[0].companies.len(), 1);
     }
 
     #[test]
