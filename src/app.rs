@@ -6,10 +6,11 @@ use crate::adapters::db;
 use crate::adapters::dns::HickoryMailResolver;
 use crate::adapters::smtp::TcpSmtpProber;
 use crate::api::{self, AppState};
-use crate::config::{Config, Switch};
+use crate::config::{Config, Switch, PLACEHOLDER_HELO, PLACEHOLDER_MAIL_FROM};
 use crate::projector::{self, ProjectorConfig};
 use crate::worker::pipeline::Sources;
 use crate::worker::sources::{Patient, PgCancelSignal, PgChunkLog, PgDirectory};
+use crate::worker::verify::VerifySettings;
 use crate::worker::{self, WorkerConfig};
 use anyhow::Context;
 use deadpool_postgres::Pool;
@@ -74,14 +75,38 @@ pub fn sources(config: &Config, pool: &Pool) -> anyhow::Result<Sources> {
         .with_job_timeout(Duration::from_secs(config.job_timeout_secs.max(1)))
         .with_progress_every(Duration::from_millis(config.progress_every_ms));
     if config.smtp_probe == Switch::On {
-        sources = sources.with_smtp(Arc::new(TcpSmtpProber::new(
-            config.smtp_port,
-            "bdjobs.invalid",
-            "probe@bdjobs.invalid",
-            Duration::from_secs(10),
-        )));
+        if config.smtp_helo == PLACEHOLDER_HELO || config.smtp_mail_from == PLACEHOLDER_MAIL_FROM {
+            tracing::warn!(
+                helo = %config.smtp_helo,
+                mail_from = %config.smtp_mail_from,
+                "SMTP probing is on with the placeholder identity: real mail servers refuse it. \
+                 Set BDJOBS_SMTP_HELO to a host name whose forward and reverse DNS match this \
+                 machine's public IP, and BDJOBS_SMTP_MAIL_FROM to an address at a domain you own"
+            );
+        }
+        sources = sources.with_probing(
+            Arc::new(TcpSmtpProber::new(
+                config.smtp_port,
+                &config.smtp_helo,
+                &config.smtp_mail_from,
+                Duration::from_secs(30),
+            )),
+            verify_settings(config),
+        );
     }
     Ok(sources)
+}
+
+/// The verification engine's settings from the configuration.
+pub fn verify_settings(config: &Config) -> VerifySettings {
+    VerifySettings {
+        concurrency: config.smtp_concurrency.max(1),
+        per_host: config.smtp_per_host.max(1),
+        greylist_wait: Duration::from_secs(config.smtp_greylist_secs),
+        cache_ttl: Duration::from_secs(config.smtp_cache_secs),
+        allow_private: config.smtp_allow_private == Switch::On,
+        ..VerifySettings::default()
+    }
 }
 
 pub async fn run_api(

@@ -99,6 +99,72 @@ pub struct Config {
     #[arg(long, env = "BDJOBS_SMTP_PORT", default_value_t = 25, global = true)]
     pub smtp_port: u16,
 
+    /// Name the probe gives in EHLO. Set it to a host name of yours whose forward and reverse
+    /// DNS match the prober's public IP: real mail servers refuse the placeholder.
+    #[arg(
+        long,
+        env = "BDJOBS_SMTP_HELO",
+        default_value = PLACEHOLDER_HELO,
+        global = true
+    )]
+    pub smtp_helo: String,
+
+    /// Envelope sender of the probe (MAIL FROM), at a domain you own; no mail is ever sent from
+    /// it. Real mail servers refuse the placeholder.
+    #[arg(
+        long,
+        env = "BDJOBS_SMTP_MAIL_FROM",
+        default_value = PLACEHOLDER_MAIL_FROM,
+        global = true
+    )]
+    pub smtp_mail_from: String,
+
+    /// SMTP sessions one worker holds open at once, across its jobs.
+    #[arg(
+        long,
+        env = "BDJOBS_SMTP_CONCURRENCY",
+        default_value_t = 50,
+        global = true
+    )]
+    pub smtp_concurrency: usize,
+
+    /// SMTP sessions one worker holds open at once with one mail-server IP; lowered by itself
+    /// for a server that answers 421 or refuses connections.
+    #[arg(long, env = "BDJOBS_SMTP_PER_HOST", default_value_t = 5, global = true)]
+    pub smtp_per_host: usize,
+
+    /// Seconds before a greylisted recipient (4xx on RCPT) is asked again; retried 3 times
+    /// within the job's time, then `unknown`.
+    #[arg(
+        long,
+        env = "BDJOBS_SMTP_GREYLIST_SECS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub smtp_greylist_secs: u64,
+
+    /// Seconds a worker remembers definite SMTP verdicts (accepted, rejected, catch-all
+    /// domain) across jobs, at most 100,000 of them; 0 turns the cache off.
+    #[arg(
+        long,
+        env = "BDJOBS_SMTP_CACHE_SECS",
+        default_value_t = 3600,
+        global = true
+    )]
+    pub smtp_cache_secs: u64,
+
+    /// Probe mail servers whose addresses are loopback, private (RFC 1918), CGNAT, link-local,
+    /// unique-local, multicast or unspecified. Off in production: an MX pointing there would
+    /// make the prober knock on internal networks. The demo and the tests turn it on.
+    #[arg(
+        long,
+        env = "BDJOBS_SMTP_ALLOW_PRIVATE",
+        value_enum,
+        default_value = "off",
+        global = true
+    )]
+    pub smtp_allow_private: Switch,
+
     /// Jobs one worker process runs at once. Jobs mostly wait on DNS, SMTP and the database, so
     /// this can well exceed the number of cores.
     #[arg(
@@ -239,6 +305,11 @@ pub struct ApiLimits {
     #[arg(long, env = "BDJOBS_MAX_EVENT_STREAMS", default_value_t = ApiLimits::DEFAULT.max_event_streams, global = true)]
     pub max_event_streams: usize,
 
+    /// Open event streams one API key may hold at once, so that one client cannot take them
+    /// all; its next one gets 429 with Retry-After.
+    #[arg(long, env = "BDJOBS_MAX_EVENT_STREAMS_PER_KEY", default_value_t = ApiLimits::DEFAULT.max_event_streams_per_key, global = true)]
+    pub max_event_streams_per_key: usize,
+
     /// Seconds an event stream stays open at most; then it ends without a terminal event and
     /// the client reconnects (bounds what a forgotten client holds).
     #[arg(long, env = "BDJOBS_EVENT_STREAM_MAX_SECS", default_value_t = ApiLimits::DEFAULT.event_stream_max_secs, global = true)]
@@ -271,6 +342,7 @@ impl ApiLimits {
         header_read_timeout_secs: 10,
         max_concurrent_requests: 512,
         max_event_streams: 1024,
+        max_event_streams_per_key: 32,
         event_stream_max_secs: 3600,
         rate_limit_per_sec: 20.0,
         rate_limit_burst: 100,
@@ -341,6 +413,11 @@ pub struct ConfigFile {
     )]
     pub config: Option<PathBuf>,
 }
+
+/// The EHLO name used until an operator sets `BDJOBS_SMTP_HELO`.
+pub const PLACEHOLDER_HELO: &str = "bdjobs.invalid";
+/// The MAIL FROM used until an operator sets `BDJOBS_SMTP_MAIL_FROM`.
+pub const PLACEHOLDER_MAIL_FROM: &str = "probe@bdjobs.invalid";
 
 /// The file read when neither `--config` nor `BDJOBS_CONFIG` names one (and it exists).
 pub const DEFAULT_FILE: &str = "bdjobs.toml";
@@ -568,20 +645,105 @@ fn settings(
         .collect()
 }
 
-/// A value fit to print: the password of a URL is masked, and so is the whole value of a
-/// setting whose name says it is a secret.
+/// A value fit to print: passwords are masked wherever a connection string can hold one (a
+/// URL's userinfo, a `?password=` query parameter, a libpq `key=value` string's `password=`),
+/// and so is the whole value of a setting whose name says it is a secret.
 pub fn mask(key: &str, value: &str) -> String {
-    const MASK: &str = "********";
-    if key.contains("secret") || key.contains("password") {
+    if is_secret_name(key) {
         return MASK.to_owned();
     }
     match url::Url::parse(value) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some(MASK));
-            url.to_string()
-        }
-        _ => value.to_owned(),
+        Ok(url) => mask_url(url).unwrap_or_else(|| value.to_owned()),
+        Err(_) => mask_key_values(value),
     }
+}
+
+const MASK: &str = "********";
+
+/// Names of settings, query parameters and libpq keys whose values are secrets
+/// (`password`, `sslpassword`, `aws_secret_access_key`, ...).
+fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains("secret") || name.contains("password")
+}
+
+/// The URL with its secrets masked, or `None` when it holds none (and is printed as given).
+fn mask_url(mut url: url::Url) -> Option<String> {
+    let mut masked = false;
+    if url.password().is_some() {
+        let _ = url.set_password(Some(MASK));
+        masked = true;
+    }
+    if url.query_pairs().any(|(k, _)| is_secret_name(&k)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_secret_name(&k) {
+                    MASK.to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+        masked = true;
+    }
+    masked.then(|| url.to_string())
+}
+
+/// A libpq connection string (`host=db user=app password='s3 cret' dbname=x`) with the values
+/// of secret keys masked; everything else is copied as written. Values may be single-quoted,
+/// with `\'` and `\\` escapes inside, and `=` may have spaces around it, as libpq allows.
+fn mask_key_values(value: &str) -> String {
+    let chars: Vec<(usize, char)> = value.char_indices().collect();
+    let end_of = |i: usize| chars.get(i).map_or(value.len(), |&(at, _)| at);
+    let mut out = String::with_capacity(value.len());
+    let mut copied = 0; // bytes of `value` already in `out`
+    let mut i = 0;
+    while i < chars.len() {
+        while i < chars.len() && chars[i].1.is_whitespace() {
+            i += 1;
+        }
+        let key_start = i;
+        while i < chars.len() && chars[i].1 != '=' && !chars[i].1.is_whitespace() {
+            i += 1;
+        }
+        let key = &value[end_of(key_start)..end_of(i)];
+        while i < chars.len() && chars[i].1.is_whitespace() {
+            i += 1;
+        }
+        if i >= chars.len() || chars[i].1 != '=' {
+            // Not `key=value`: nothing more to recognise.
+            break;
+        }
+        i += 1;
+        while i < chars.len() && chars[i].1.is_whitespace() {
+            i += 1;
+        }
+        let value_start = i;
+        if i < chars.len() && chars[i].1 == '\'' {
+            i += 1;
+            while i < chars.len() && chars[i].1 != '\'' {
+                if chars[i].1 == '\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i = (i + 1).min(chars.len());
+        } else {
+            while i < chars.len() && !chars[i].1.is_whitespace() {
+                i += 1;
+            }
+        }
+        if is_secret_name(key) {
+            out.push_str(&value[copied..end_of(value_start)]);
+            out.push_str(MASK);
+            copied = end_of(i);
+        }
+    }
+    out.push_str(&value[copied..]);
+    out
 }
 
 /// What `bdjobs config` prints: every setting as a line of TOML (so the output, secrets aside,
@@ -754,6 +916,73 @@ mod tests {
         );
         assert_eq!(mask("aws_secret_access_key", "abc"), "********");
         assert_eq!(mask("namespace", "bdjobs"), "bdjobs");
+    }
+
+    #[test]
+    fn passwords_in_query_parameters_are_masked() {
+        assert_eq!(
+            mask(
+                "database_url",
+                "postgres://app@db.internal:5432/bdjobs?sslmode=require&password=hunter2"
+            ),
+            "postgres://app@db.internal:5432/bdjobs?sslmode=require&password=********"
+        );
+        assert_eq!(
+            mask(
+                "database_url",
+                "postgres:///bdjobs?host=/run/pg&PassWord=x%20y"
+            ),
+            "postgres:///bdjobs?host=%2Frun%2Fpg&PassWord=********"
+        );
+    }
+
+    #[test]
+    fn passwords_in_libpq_key_value_strings_are_masked() {
+        assert_eq!(
+            mask(
+                "database_url",
+                "host=db.internal user=app password=hunter2 dbname=bdjobs"
+            ),
+            "host=db.internal user=app password=******** dbname=bdjobs"
+        );
+        assert_eq!(
+            mask(
+                "database_url",
+                "host=db password = 'it\\'s a secret' sslpassword=k dbname=x"
+            ),
+            "host=db password = ******** sslpassword=******** dbname=x"
+        );
+        assert_eq!(
+            mask("database_url", "host=db user=app dbname=bdjobs"),
+            "host=db user=app dbname=bdjobs"
+        );
+        for odd in [
+            "password=",
+            "password='unterminated",
+            "=x",
+            "é=ü password=ß",
+        ] {
+            assert!(!mask("database_url", odd).contains('ß'), "{odd}");
+        }
+    }
+
+    #[test]
+    fn help_hides_a_file_default_holding_a_libpq_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bdjobs.toml");
+        std::fs::write(
+            &path,
+            "database_url = \"host=db user=app password=hunter2 dbname=bdjobs\"\n",
+        )
+        .unwrap();
+        let err = match parse::<TestCli>(args(&["--config", path.to_str().unwrap(), "--help"])) {
+            Err(ConfigError::Cli(e)) => e,
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("--help parses to an error that prints the help"),
+        };
+        let help = err.render().to_string();
+        assert!(help.contains("--database-url"), "{help}");
+        assert!(!help.contains("hunter2"), "{help}");
     }
 
     #[test]

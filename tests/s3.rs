@@ -279,3 +279,123 @@ async fn a_job_stores_its_assets_in_s3_and_the_api_serves_them_back() {
     assert_eq!(seen, ["application/json", "text/csv"]);
     app.stop().await;
 }
+
+/// `bdjobs ARGS` against the test's database, with no AWS variable and no `./bdjobs.toml`:
+/// whatever credentials it uses come from its flags or the file it is given.
+fn bdjobs(res: &Resources, args: &[&str]) -> std::process::Output {
+    let cwd = tempfile::tempdir().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_bdjobs"))
+        .args(args)
+        .current_dir(cwd.path())
+        .env("DATABASE_URL", &res.config.database_url)
+        .env("RUST_LOG", "warn")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("BDJOBS_CONFIG")
+        .env_remove("BDJOBS_ASSETS")
+        .output()
+        .expect("the binary runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_and_events_import_sign_with_credentials_from_flags_or_the_file() {
+    let s3 = S3Server::start();
+    let mut res = Resources::new("s3cli").await;
+    res.config.assets = Some(s3.location());
+    res.config.aws_access_key_id = Some(s3.credentials.access_key_id.clone());
+    res.config.aws_secret_access_key = Some(s3.credentials.secret_access_key.clone());
+    let app = TestApp::start_with(res, demo_zone()).await;
+    let key = app.res.key("acme").await;
+    let resp = app.post_job(&key, &demo_job()).await;
+    assert_eq!(resp.status(), 202);
+    let job_id = resp.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let last = app.wait(&key, &job_id).await.pop().unwrap();
+    assert_eq!(last["status"], "completed", "{last}");
+    let storage_keys: Vec<String> = app
+        .res
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query(
+            "SELECT storage_key FROM assets WHERE job_id = $1::text::uuid",
+            &[&job_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(storage_keys.len(), 2);
+    let lose_objects = || {
+        for k in &storage_keys {
+            std::fs::remove_file(s3.root.path().join(BUCKET).join(k)).unwrap();
+        }
+    };
+
+    // replay, credentials as flags.
+    lose_objects();
+    let location = s3.location();
+    let out = bdjobs(
+        &app.res,
+        &[
+            "replay",
+            "--job",
+            &job_id,
+            "--assets",
+            &location,
+            "--aws-access-key-id",
+            &s3.credentials.access_key_id,
+            "--aws-secret-access-key",
+            &s3.credentials.secret_access_key,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "replay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for k in &storage_keys {
+        assert!(!s3.object_on_disk(k).is_empty(), "{k} written back");
+    }
+
+    // events import into a fresh database, credentials in the file.
+    let exported = bdjobs(&app.res, &["events", "export", "--job", &job_id]);
+    assert!(exported.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let stream = dir.path().join("job.jsonl");
+    std::fs::write(&stream, &exported.stdout).unwrap();
+    let file = dir.path().join("bdjobs.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "assets = {:?}\naws_access_key_id = {:?}\naws_secret_access_key = {:?}\n",
+            location, s3.credentials.access_key_id, s3.credentials.secret_access_key
+        ),
+    )
+    .unwrap();
+    let fresh = Resources::new("s3cli2").await;
+    lose_objects();
+    let out = bdjobs(
+        &fresh,
+        &[
+            "events",
+            "import",
+            stream.to_str().unwrap(),
+            "--config",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "events import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for k in &storage_keys {
+        assert!(!s3.object_on_disk(k).is_empty(), "{k} written back");
+    }
+    app.stop().await;
+}

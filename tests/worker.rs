@@ -20,6 +20,7 @@ use bdjobs::domain::plan::{plan, Capability, Plan, Request};
 use bdjobs::domain::stages::{DirectoryCompany, DirectoryPerson, ExecutionOptions, IcpConfig};
 use bdjobs::worker::pipeline::Sources;
 use bdjobs::worker::sources::{Directory, StaticDirectory};
+use bdjobs::worker::verify::VerifySettings;
 use bdjobs::worker::{process_one, Outcome, VecSink};
 use chrono::Utc;
 use std::sync::Arc;
@@ -63,12 +64,19 @@ async fn sources(dns: &StubDns, directory: Arc<dyn Directory>, smtp_port: Option
     let resolver = HickoryMailResolver::new(Some(dns.addr()), Duration::from_millis(800)).unwrap();
     let sources = Sources::new(directory, Arc::new(resolver));
     match smtp_port {
-        Some(port) => sources.with_smtp(Arc::new(TcpSmtpProber::new(
-            port,
-            "bdjobs.test",
-            "probe@bdjobs.test",
-            Duration::from_secs(3),
-        ))),
+        Some(port) => sources.with_probing(
+            Arc::new(TcpSmtpProber::new(
+                port,
+                "bdjobs.test",
+                "probe@bdjobs.test",
+                Duration::from_secs(3),
+            )),
+            // The stubs are on loopback.
+            VerifySettings {
+                allow_private: true,
+                ..VerifySettings::default()
+            },
+        ),
         None => sources,
     }
 }
@@ -265,10 +273,14 @@ async fn a_dependency_outage_is_retried_until_the_last_attempt_then_fails_the_jo
     );
     let view = view_of(&job, &run.plan, &sink.0.lock().await);
     assert_eq!(view.status, JobStatus::Failed);
-    assert!(view
-        .error_message
-        .unwrap()
-        .starts_with("qualification failed"));
+    let error = view.error_message.unwrap();
+    assert!(error.starts_with("qualification failed"), "{error}");
+    // The pool's own words stay in the log: the tenant gets a reason and a reference.
+    assert!(
+        !error.contains("pool") && !error.contains("closed"),
+        "{error}"
+    );
+    assert!(error.contains("(reference E-"), "{error}");
 }
 
 #[tokio::test]
@@ -431,4 +443,50 @@ async fn a_job_run_in_chunks_delivers_what_it_delivers_in_one_piece() {
     let view = view_of(&job, &run.plan, &events);
     assert_eq!(view.status, JobStatus::Completed);
     assert_eq!(view.chunks_done.len(), chunks.len());
+}
+
+#[tokio::test]
+async fn verification_progress_says_how_many_addresses_are_checked() {
+    // 40 ms a reply, so the stage lasts long enough for the 250 ms progress tick.
+    let zone = StubZone::new()
+        .mx("slow.test", 10, "mx.slow.test")
+        .a("mx.slow.test", "127.0.0.1".parse().unwrap());
+    let dns = StubDns::start("127.0.0.1:0".parse().unwrap(), zone)
+        .await
+        .unwrap();
+    let smtp = bdjobs::adapters::smtp_stub::StubSmtp::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        bdjobs::adapters::smtp_stub::HostBehaviour::new(SmtpPolicy::accept_only(["ada@slow.test"]))
+            .latency(Duration::from_millis(40)),
+    )
+    .await
+    .unwrap();
+    let src = sources(
+        &dns,
+        Arc::new(StaticDirectory::default()),
+        Some(smtp.addr().port()),
+    )
+    .await
+    .with_progress_every(Duration::ZERO);
+    let run = verify_only(&["ada@slow.test", "bo@slow.test", "cy@slow.test"]);
+    let sink = VecSink::default();
+    let cmd = run_job_command(&job(), &run, Utc::now());
+    process_one(&cmd, 1, &src, &sink, "test").await.unwrap();
+    let events = sink.0.lock().await.clone();
+    let messages: Vec<String> = events
+        .iter()
+        .filter_map(|e| match EventRecord::from_raw(e).unwrap().event {
+            Event::Progress(p) => Some(p.message),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m == "Verifying emails: 3 of 3 checked"),
+        "{messages:?}"
+    );
+    let done = completed(&events);
+    assert_eq!(done.summary.verified_emails, 1);
+    assert_eq!(done.summary.invalid_emails, 2);
 }

@@ -17,6 +17,7 @@ mod replay;
 mod report;
 mod result;
 mod rss;
+mod smtp;
 
 use report::Report;
 use std::time::Instant;
@@ -41,7 +42,7 @@ impl Scale {
     }
 }
 
-const BENCHES: [(&str, &str); 6] = [
+const BENCHES: [(&str, &str); 7] = [
     (
         "e2e",
         "jobs/s and latency through the API, vs the broker's raw limit",
@@ -66,6 +67,10 @@ const BENCHES: [(&str, &str); 6] = [
         "rss",
         "peak RSS of each role as its own process, under load",
     ),
+    (
+        "smtp",
+        "verification of 5,000 addresses against 20 loaded mail hosts, vs a perfect polite verifier",
+    ),
 ];
 
 async fn run_one(name: &str, scale: Scale, report: &mut Report) -> anyhow::Result<()> {
@@ -76,6 +81,7 @@ async fn run_one(name: &str, scale: Scale, report: &mut Report) -> anyhow::Resul
         "download" => download::run(scale, report).await,
         "replay" => replay::run(scale, report).await,
         "rss" => rss::run(scale, report).await,
+        "smtp" => smtp::run(scale, report).await,
         other => anyhow::bail!("no benchmark named {other}"),
     }
 }

@@ -1,10 +1,15 @@
-//! Optional SMTP mailbox probe: asks a domain's mail server whether it would
-//! accept mail for an address (RCPT TO) without ever sending a message, and
-//! detects catch-all servers that accept any address.
+//! SMTP mailbox probing: asks a domain's mail server whether it would accept mail for
+//! addresses (RCPT TO) without ever sending a message.
 //!
-//! The prober takes already-resolved IPs (see
-//! [`crate::adapters::dns::smtp_targets`]) so that name resolution goes
-//! through the same, possibly loopback, resolver as the MX check.
+//! The unit of work is a *session* ([`SmtpProber::session`]): one connection to one mail-server
+//! IP, one EHLO, then for each domain segment a MAIL FROM and many RCPT TO (pipelined when the
+//! server offers PIPELINING), with RSET between segments, and QUIT. What each reply means is
+//! decided by the pure rules in [`crate::domain::probe`]; how sessions are planned, limited and
+//! retried is the worker's verification engine (`worker::verify`). [`SmtpProber::probe`] is the
+//! one-address form (address plus a catch-all canary in one session).
+//!
+//! The prober takes already-resolved IPs (see [`crate::adapters::dns::smtp_targets`]) so that
+//! name resolution goes through the same, possibly loopback, resolver as the MX check.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -16,8 +21,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::domain::email::Check;
+pub use crate::domain::probe::RcptAnswer;
+use crate::domain::probe::{is_busy_reply, rcpt_answer};
 
-/// What the mail server said about an address.
+/// What the mail server said about one address probed on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeOutcome {
     Accepted,
@@ -42,11 +49,100 @@ impl ProbeOutcome {
     }
 }
 
+/// The recipients of one domain within a session: one MAIL FROM transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub domain: String,
+    pub recipients: Vec<String>,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Every recipient got an answer.
+    Done,
+    /// The host said "not now, not so many" (421, connection refused, "too many connections",
+    /// a close before the greeting): back off and try later; nothing was judged.
+    Busy(String),
+    /// A timeout or a reset mid-session: worth one more try.
+    Transient(String),
+    /// The server refused the session or the sender (5xx greeting, HELO or MAIL), or spoke
+    /// something that is not SMTP: retrying the same host will not help.
+    Refused(String),
+}
+
+/// What a session found: `answers[i][j]` answers `segments[i].recipients[j]`. A segment's list
+/// is shorter than its recipients when the session ended first; the rest were not judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionReport {
+    pub answers: Vec<Vec<RcptAnswer>>,
+    pub end: SessionEnd,
+}
+
 #[async_trait]
 pub trait SmtpProber: Send + Sync {
-    /// Probes `address` at the given mail-server IPs, in order, stopping at
-    /// the first definite answer.
-    async fn probe(&self, targets: &[IpAddr], address: &str) -> ProbeOutcome;
+    /// One session with the server at `ip`: MAIL FROM once per segment, the segment's RCPTs,
+    /// RSET between segments. Never fails: how it ended is in the report.
+    async fn session(&self, ip: IpAddr, segments: &[Segment]) -> SessionReport;
+
+    /// Probes one address at the given mail-server IPs, in order (at most three), stopping at
+    /// the first definite answer; a random canary at the same domain detects catch-all servers.
+    async fn probe(&self, targets: &[IpAddr], address: &str) -> ProbeOutcome {
+        if let Some(why) = unsendable(address) {
+            return ProbeOutcome::Unknown(why);
+        }
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            return ProbeOutcome::Unknown(format!("{address:?} has no domain"));
+        };
+        let segment = [Segment {
+            domain: domain.to_owned(),
+            recipients: vec![address.to_owned(), canary_address(domain)],
+        }];
+        let mut last = ProbeOutcome::Unknown("no mail server address to probe".into());
+        for ip in targets.iter().take(3) {
+            let report = self.session(*ip, &segment).await;
+            let answers = &report.answers[0];
+            last = match answers.first() {
+                Some(RcptAnswer::Accepted) if answers.get(1) == Some(&RcptAnswer::Accepted) => {
+                    ProbeOutcome::AcceptedCatchAll
+                }
+                Some(RcptAnswer::Accepted) => ProbeOutcome::Accepted,
+                Some(RcptAnswer::Rejected(code, text)) => {
+                    ProbeOutcome::Rejected(*code, text.clone())
+                }
+                Some(RcptAnswer::Deferred(code, text)) => {
+                    ProbeOutcome::Unknown(format!("server deferred the recipient: {code} {text}"))
+                }
+                Some(RcptAnswer::Blocked(text)) => {
+                    ProbeOutcome::Unknown(format!("server blocked the probe by policy: {text}"))
+                }
+                Some(other) => ProbeOutcome::Unknown(format!("not probed: {other:?}")),
+                None => ProbeOutcome::Unknown(match report.end {
+                    SessionEnd::Busy(why)
+                    | SessionEnd::Transient(why)
+                    | SessionEnd::Refused(why) => why,
+                    SessionEnd::Done => "the server did not answer".into(),
+                }),
+            };
+            if !matches!(last, ProbeOutcome::Unknown(_)) {
+                break;
+            }
+            tracing::debug!(%ip, outcome = ?last, "SMTP probe inconclusive, trying next host");
+        }
+        last
+    }
+}
+
+/// A random address at `domain` that no one has: if the server accepts it, it accepts anything.
+pub fn canary_address(domain: &str) -> String {
+    format!("{}@{domain}", random_local_part())
+}
+
+/// Values go verbatim into SMTP command lines: anything that could end a line or the
+/// angle-bracket path would let input inject commands.
+fn unsendable(value: &str) -> Option<String> {
+    (value.is_empty() || value.chars().any(|c| c.is_control() || "<> ".contains(c)))
+        .then(|| format!("refusing to send {value:?} over SMTP"))
 }
 
 /// Probes over plain TCP (no STARTTLS: RCPT answers do not need it).
@@ -58,11 +154,8 @@ pub struct TcpSmtpProber {
     pub helo_name: String,
     /// Envelope sender for MAIL FROM.
     pub mail_from: String,
-    /// Bound on the whole conversation with one server.
+    /// Bound on connecting and on waiting for each reply.
     pub timeout: Duration,
-    /// How many of the targets to try at most, so a domain with many dead
-    /// MX hosts cannot stall a job.
-    pub max_targets: usize,
 }
 
 impl TcpSmtpProber {
@@ -72,94 +165,188 @@ impl TcpSmtpProber {
             helo_name: helo_name.to_string(),
             mail_from: mail_from.to_string(),
             timeout,
-            max_targets: 3,
-        }
-    }
-
-    async fn probe_one(&self, ip: IpAddr, address: &str, domain: &str) -> ProbeOutcome {
-        let addr = SocketAddr::new(ip, self.port);
-        let conversation = async {
-            let stream = TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-            let mut session = Session::new(stream);
-            let outcome = self.converse(&mut session, address, domain).await;
-            // Politeness only; the verdict is already known.
-            let _ = session.command("QUIT").await;
-            outcome
-        };
-        match tokio::time::timeout(self.timeout, conversation).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(reason)) => ProbeOutcome::Unknown(reason),
-            Err(_) => ProbeOutcome::Unknown(format!("{addr} did not answer in time")),
         }
     }
 
     async fn converse(
         &self,
         s: &mut Session,
-        address: &str,
-        domain: &str,
-    ) -> Result<ProbeOutcome, String> {
-        let greeting = s.read_reply().await?;
+        segments: &[Segment],
+        answers: &mut [Vec<RcptAnswer>],
+    ) -> SessionEnd {
+        let greeting = match s.read_reply().await {
+            Ok(r) => r,
+            // Servers at their connection limit often just close.
+            Err(SessionError::Closed) => {
+                return SessionEnd::Busy("server closed the connection before its greeting".into())
+            }
+            Err(e) => return e.end(),
+        };
         if greeting.code != 220 {
-            return Err(format!("server refused the session: {greeting}"));
+            return if greeting.code / 100 == 4 || is_busy_reply(greeting.code, &greeting.text) {
+                SessionEnd::Busy(format!("server is busy: {greeting}"))
+            } else {
+                SessionEnd::Refused(format!("server refused the session: {greeting}"))
+            };
         }
-        let ehlo = s.command(&format!("EHLO {}", self.helo_name)).await?;
-        if !ehlo.is_positive() {
-            let helo = s.command(&format!("HELO {}", self.helo_name)).await?;
-            if !helo.is_positive() {
-                return Err(format!("server refused HELO: {helo}"));
-            }
-        }
-        let from = s
-            .command(&format!("MAIL FROM:<{}>", self.mail_from))
-            .await?;
-        if !from.is_positive() {
-            // A refused sender says nothing about the recipient.
-            return Err(format!("server refused the sender: {from}"));
-        }
-        let rcpt = s.command(&format!("RCPT TO:<{address}>")).await?;
-        match rcpt.code / 100 {
-            2 => {}
-            5 if rcpt.is_policy_block() => {
-                return Err(format!("server blocked the probe by policy: {rcpt}"))
-            }
-            5 => return Ok(ProbeOutcome::Rejected(rcpt.code, rcpt.text)),
-            _ => return Err(format!("server deferred the recipient: {rcpt}")),
-        }
-        let canary = format!("{}@{domain}", random_local_part());
-        let catch_all = s.command(&format!("RCPT TO:<{canary}>")).await?;
-        Ok(if catch_all.is_positive() {
-            ProbeOutcome::AcceptedCatchAll
+        let ehlo = match s.command(&format!("EHLO {}", self.helo_name)).await {
+            Ok(r) => r,
+            Err(e) => return e.end(),
+        };
+        let caps = if ehlo.is_positive() {
+            Capabilities::from_ehlo(&ehlo.text)
+        } else if ehlo.code == 421 {
+            return SessionEnd::Busy(format!("server is busy: {ehlo}"));
         } else {
-            ProbeOutcome::Accepted
-        })
+            match s.command(&format!("HELO {}", self.helo_name)).await {
+                Ok(helo) if helo.is_positive() => Capabilities::default(),
+                Ok(helo) if helo.code == 421 => {
+                    return SessionEnd::Busy(format!("server is busy: {helo}"))
+                }
+                Ok(helo) => return SessionEnd::Refused(format!("server refused HELO: {helo}")),
+                Err(e) => return e.end(),
+            }
+        };
+        let mut in_transaction = false;
+        for (segment, found) in segments.iter().zip(answers.iter_mut()) {
+            // Recipients answered without asking the server, by position.
+            let mut answered: Vec<Option<RcptAnswer>> = Vec::new();
+            let mut to_send = Vec::new();
+            for r in &segment.recipients {
+                if let Some(why) = unsendable(r) {
+                    answered.push(Some(RcptAnswer::Unsendable(why)));
+                } else if !r.is_ascii() && !caps.smtputf8 {
+                    answered.push(Some(RcptAnswer::NeedsSmtpUtf8));
+                } else {
+                    answered.push(None);
+                    to_send.push(r.as_str());
+                }
+            }
+            if to_send.is_empty() {
+                found.extend(answered.into_iter().flatten());
+                continue;
+            }
+            let utf8 = if to_send.iter().any(|r| !r.is_ascii()) {
+                " SMTPUTF8"
+            } else {
+                ""
+            };
+            let mut lines = Vec::with_capacity(to_send.len() + 2);
+            if in_transaction {
+                lines.push("RSET".to_owned());
+            }
+            lines.push(format!("MAIL FROM:<{}>{utf8}", self.mail_from));
+            lines.extend(to_send.iter().map(|r| format!("RCPT TO:<{r}>")));
+            let first_rcpt = lines.len() - to_send.len();
+            if caps.pipelining {
+                if let Err(e) = s.send_all(&lines).await {
+                    return e.end();
+                }
+            }
+            let mut replies = Vec::with_capacity(to_send.len());
+            for (i, line) in lines.iter().enumerate() {
+                let reply = if caps.pipelining {
+                    s.read_reply().await
+                } else {
+                    s.command(line).await
+                };
+                let reply = match reply {
+                    Ok(r) => r,
+                    Err(e) => {
+                        fill(found, answered, replies);
+                        return e.end();
+                    }
+                };
+                if reply.code == 421 {
+                    fill(found, answered, replies);
+                    return SessionEnd::Busy(format!("server is busy: {reply}"));
+                }
+                if i < first_rcpt {
+                    if !reply.is_positive() {
+                        // A refused sender says nothing about the recipients.
+                        fill(found, answered, replies);
+                        let what = if line == "RSET" { "RSET" } else { "the sender" };
+                        return SessionEnd::Refused(format!("server refused {what}: {reply}"));
+                    }
+                    continue;
+                }
+                replies.push(rcpt_answer(reply.code, &reply.text));
+            }
+            in_transaction = true;
+            fill(found, answered, replies);
+        }
+        SessionEnd::Done
+    }
+}
+
+/// Merges the answers given without the server with the server's, in recipient order, up to
+/// the first recipient that got neither.
+fn fill(found: &mut Vec<RcptAnswer>, answered: Vec<Option<RcptAnswer>>, replies: Vec<RcptAnswer>) {
+    let mut replies = replies.into_iter();
+    for a in answered {
+        match a.or_else(|| replies.next()) {
+            Some(a) => found.push(a),
+            None => break,
+        }
     }
 }
 
 #[async_trait]
 impl SmtpProber for TcpSmtpProber {
-    async fn probe(&self, targets: &[IpAddr], address: &str) -> ProbeOutcome {
-        // Values go verbatim into SMTP command lines: anything that could end
-        // a line or the angle-bracket path would let input inject commands.
-        for value in [address, &self.helo_name, &self.mail_from] {
-            if value.is_empty() || value.chars().any(|c| c.is_control() || "<> ".contains(c)) {
-                return ProbeOutcome::Unknown(format!("refusing to send {value:?} over SMTP"));
+    async fn session(&self, ip: IpAddr, segments: &[Segment]) -> SessionReport {
+        let mut answers: Vec<Vec<RcptAnswer>> = segments.iter().map(|_| Vec::new()).collect();
+        let report = |answers, end| SessionReport { answers, end };
+        for value in [&self.helo_name, &self.mail_from] {
+            if let Some(why) = unsendable(value) {
+                return report(answers, SessionEnd::Refused(why));
             }
         }
-        let Some((_, domain)) = address.rsplit_once('@') else {
-            return ProbeOutcome::Unknown(format!("{address:?} has no domain"));
+        let addr = SocketAddr::new(ip, self.port);
+        let stream = match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
+            Err(_) => {
+                let why = format!("{addr} did not accept a connection in time");
+                return report(answers, SessionEnd::Transient(why));
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                let why = format!("{addr} refused the connection");
+                return report(answers, SessionEnd::Busy(why));
+            }
+            Ok(Err(e)) => {
+                let why = format!("cannot connect to {addr}: {e}");
+                return report(answers, SessionEnd::Transient(why));
+            }
+            Ok(Ok(stream)) => stream,
         };
-        let mut last = ProbeOutcome::Unknown("no mail server address to probe".into());
-        for ip in targets.iter().take(self.max_targets.max(1)) {
-            last = self.probe_one(*ip, address, domain).await;
-            if !matches!(last, ProbeOutcome::Unknown(_)) {
-                break;
-            }
-            tracing::debug!(%ip, outcome = ?last, "SMTP probe inconclusive, trying next host");
+        let mut session = Session::new(stream, self.timeout);
+        let end = self.converse(&mut session, segments, &mut answers).await;
+        if end == SessionEnd::Done {
+            // Politeness only; the verdicts are already known.
+            let _ = session.command("QUIT").await;
         }
-        last
+        report(answers, end)
+    }
+}
+
+/// The EHLO keywords the prober uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Capabilities {
+    pipelining: bool,
+    smtputf8: bool,
+}
+
+impl Capabilities {
+    fn from_ehlo(text: &str) -> Self {
+        let mut caps = Capabilities::default();
+        // The first line is the server's name; keywords follow, one a line.
+        for line in text.lines().skip(1) {
+            let keyword = line.split_whitespace().next().unwrap_or_default();
+            if keyword.eq_ignore_ascii_case("PIPELINING") {
+                caps.pipelining = true;
+            } else if keyword.eq_ignore_ascii_case("SMTPUTF8") {
+                caps.smtputf8 = true;
+            }
+        }
+        caps
     }
 }
 
@@ -181,12 +368,6 @@ impl Reply {
     fn is_positive(&self) -> bool {
         (200..300).contains(&self.code)
     }
-
-    /// RFC 3463 class 5.7.x means "security or policy", i.e. the server
-    /// refuses *us* (blocklists, reputation), not the mailbox.
-    fn is_policy_block(&self) -> bool {
-        self.text.trim_start().starts_with("5.7.")
-    }
 }
 
 impl std::fmt::Display for Reply {
@@ -199,29 +380,72 @@ impl std::fmt::Display for Reply {
 const MAX_LINE: u64 = 4096;
 const MAX_LINES: usize = 64;
 
+/// Why a session's I/O stopped.
+#[derive(Debug)]
+enum SessionError {
+    Timeout,
+    Closed,
+    Io(String),
+    Protocol(String),
+}
+
+impl SessionError {
+    fn end(self) -> SessionEnd {
+        match self {
+            SessionError::Timeout => {
+                SessionEnd::Transient("the server did not answer in time".into())
+            }
+            SessionError::Closed => SessionEnd::Transient("server closed the connection".into()),
+            SessionError::Io(e) => SessionEnd::Transient(format!("connection lost: {e}")),
+            SessionError::Protocol(e) => SessionEnd::Refused(e),
+        }
+    }
+}
+
 struct Session {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
+    timeout: Duration,
 }
 
 impl Session {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: TcpStream, timeout: Duration) -> Self {
         let (r, w) = stream.into_split();
         Self {
             reader: BufReader::new(r),
             writer: w,
+            timeout,
         }
     }
 
-    async fn command(&mut self, line: &str) -> Result<Reply, String> {
-        self.writer
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .map_err(|e| format!("connection lost while sending: {e}"))?;
+    async fn command(&mut self, line: &str) -> Result<Reply, SessionError> {
+        self.send_all(std::slice::from_ref(&line.to_owned()))
+            .await?;
         self.read_reply().await
     }
 
-    async fn read_reply(&mut self) -> Result<Reply, String> {
+    /// Writes the lines in one go (RFC 2920 pipelining when more than one).
+    async fn send_all(&mut self, lines: &[String]) -> Result<(), SessionError> {
+        let mut buf = String::with_capacity(lines.iter().map(|l| l.len() + 2).sum());
+        for l in lines {
+            buf.push_str(l);
+            buf.push_str("\r\n");
+        }
+        match tokio::time::timeout(self.timeout, self.writer.write_all(buf.as_bytes())).await {
+            Err(_) => Err(SessionError::Timeout),
+            Ok(Err(e)) => Err(SessionError::Io(e.to_string())),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    async fn read_reply(&mut self) -> Result<Reply, SessionError> {
+        match tokio::time::timeout(self.timeout, self.read_reply_inner()).await {
+            Err(_) => Err(SessionError::Timeout),
+            Ok(r) => r,
+        }
+    }
+
+    async fn read_reply_inner(&mut self) -> Result<Reply, SessionError> {
         let mut code = None;
         let mut text = Vec::new();
         for _ in 0..MAX_LINES {
@@ -230,18 +454,23 @@ impl Session {
                 .take(MAX_LINE)
                 .read_line(&mut line)
                 .await
-                .map_err(|e| format!("connection lost while reading: {e}"))?;
+                .map_err(|e| SessionError::Io(e.to_string()))?;
             if n == 0 {
-                return Err("server closed the connection".into());
+                return Err(SessionError::Closed);
             }
             if !line.ends_with('\n') {
-                return Err("server sent an overlong line".into());
+                return Err(SessionError::Protocol(
+                    "server sent an overlong line".into(),
+                ));
             }
             let line = line.trim_end_matches(['\r', '\n']);
-            let (this_code, last, rest) = parse_reply_line(line)
-                .ok_or_else(|| format!("malformed SMTP reply line {line:?}"))?;
+            let (this_code, last, rest) = parse_reply_line(line).ok_or_else(|| {
+                SessionError::Protocol(format!("malformed SMTP reply line {line:?}"))
+            })?;
             if *code.get_or_insert(this_code) != this_code {
-                return Err(format!("inconsistent codes in multi-line reply: {line:?}"));
+                return Err(SessionError::Protocol(format!(
+                    "inconsistent codes in multi-line reply: {line:?}"
+                )));
             }
             text.push(rest.to_string());
             if last {
@@ -251,7 +480,9 @@ impl Session {
                 });
             }
         }
-        Err("server sent an overlong reply".into())
+        Err(SessionError::Protocol(
+            "server sent an overlong reply".into(),
+        ))
     }
 }
 
@@ -308,20 +539,6 @@ mod tests {
         assert_eq!(parse_reply_line("abc OK"), None);
         assert_eq!(parse_reply_line("250xOK"), None);
         assert_eq!(parse_reply_line("999 OK"), None);
-    }
-
-    #[test]
-    fn enhanced_status_5_7_is_a_policy_block() {
-        let r = Reply {
-            code: 550,
-            text: "5.7.1 blocked by RBL".into(),
-        };
-        assert!(r.is_policy_block());
-        let r = Reply {
-            code: 550,
-            text: "5.1.1 no such user".into(),
-        };
-        assert!(!r.is_policy_block());
     }
 
     #[test]
@@ -505,5 +722,120 @@ mod tests {
             assert!(matches!(out, ProbeOutcome::Unknown(_)), "{bad:?}: {out:?}");
         }
         assert!(s.commands().is_empty());
+    }
+
+    fn segment(domain: &str, recipients: &[&str]) -> Segment {
+        Segment {
+            domain: domain.into(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_sends_mail_from_once_per_domain_with_rset_between() {
+        let s = stub(SmtpPolicy::accept_only(["a@one.test", "b@two.test"])).await;
+        let report = prober(s.addr().port())
+            .session(
+                LOCAL,
+                &[
+                    segment("one.test", &["a@one.test", "x@one.test"]),
+                    segment("two.test", &["b@two.test"]),
+                ],
+            )
+            .await;
+        assert_eq!(report.end, SessionEnd::Done);
+        assert_eq!(report.answers[0][0], RcptAnswer::Accepted);
+        assert!(matches!(report.answers[0][1], RcptAnswer::Rejected(550, _)));
+        assert_eq!(report.answers[1], vec![RcptAnswer::Accepted]);
+        let log = s.commands();
+        let verbs: Vec<&str> = log.iter().map(|c| &c[..4]).collect();
+        assert_eq!(
+            verbs,
+            ["EHLO", "MAIL", "RCPT", "RCPT", "RSET", "MAIL", "RCPT", "QUIT"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_utf8_recipient_is_sent_only_with_smtputf8() {
+        use crate::adapters::smtp_stub::HostBehaviour;
+        let with = StubSmtp::start_with(
+            "127.0.0.1:0".parse().unwrap(),
+            HostBehaviour::new(SmtpPolicy::accept_only(["êjness@iana.org"])).smtputf8(true),
+        )
+        .await
+        .unwrap();
+        let report = prober(with.addr().port())
+            .session(LOCAL, &[segment("iana.org", &["êjness@iana.org"])])
+            .await;
+        assert_eq!(report.answers[0], vec![RcptAnswer::Accepted]);
+        assert!(with
+            .commands()
+            .contains(&"MAIL FROM:<verify@bdjobs.test> SMTPUTF8".to_owned()));
+        let without = stub(SmtpPolicy::AcceptAll).await;
+        let report = prober(without.addr().port())
+            .session(
+                LOCAL,
+                &[segment("iana.org", &["êjness@iana.org", "plain@iana.org"])],
+            )
+            .await;
+        assert_eq!(
+            report.answers[0],
+            vec![RcptAnswer::NeedsSmtpUtf8, RcptAnswer::Accepted]
+        );
+        assert!(!without.commands().iter().any(|c| !c.is_ascii()));
+    }
+
+    #[tokio::test]
+    async fn a_server_over_its_session_limit_is_busy_not_a_rejection() {
+        use crate::adapters::smtp_stub::HostBehaviour;
+        let s = StubSmtp::start_with(
+            "127.0.0.1:0".parse().unwrap(),
+            HostBehaviour::new(SmtpPolicy::AcceptAll).max_sessions(1),
+        )
+        .await
+        .unwrap();
+        let _held = TcpStream::connect(s.addr()).await.unwrap();
+        // Let the stub count the first connection.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let report = prober(s.addr().port())
+            .session(LOCAL, &[segment("a.test", &["x@a.test"])])
+            .await;
+        assert!(matches!(report.end, SessionEnd::Busy(_)), "{report:?}");
+        assert!(report.answers[0].is_empty());
+    }
+
+    #[tokio::test]
+    async fn recipients_past_the_per_session_limit_are_too_many() {
+        use crate::adapters::smtp_stub::HostBehaviour;
+        let s = StubSmtp::start_with(
+            "127.0.0.1:0".parse().unwrap(),
+            HostBehaviour::new(SmtpPolicy::AcceptAll).max_rcpt(2),
+        )
+        .await
+        .unwrap();
+        let report = prober(s.addr().port())
+            .session(
+                LOCAL,
+                &[segment("a.test", &["x@a.test", "y@a.test", "z@a.test"])],
+            )
+            .await;
+        assert_eq!(
+            report.answers[0],
+            vec![
+                RcptAnswer::Accepted,
+                RcptAnswer::Accepted,
+                RcptAnswer::TooMany
+            ]
+        );
+    }
+
+    #[test]
+    fn ehlo_keywords_are_read_after_the_server_name() {
+        let caps = Capabilities::from_ehlo("mx.test greets you\nPIPELINING\nSIZE 100\nSMTPUTF8");
+        assert!(caps.pipelining && caps.smtputf8);
+        assert_eq!(
+            Capabilities::from_ehlo("PIPELINING"),
+            Capabilities::default()
+        );
     }
 }

@@ -29,6 +29,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("rate limit exceeded for this API key; retry after {0} s")]
     TooManyRequests(u64),
+    /// The key holds as many event streams as one key may; 429 with `Retry-After`.
+    #[error("this API key already holds as many open event streams as one key may; close one or retry after {0} s")]
+    TooManyStreams(u64),
     /// A Range that selects no byte of a representation of this many bytes.
     #[error("range not satisfiable: the asset has {0} bytes")]
     RangeNotSatisfiable(u64),
@@ -82,7 +85,9 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests(_) | ApiError::TooManyStreams(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -106,7 +111,7 @@ impl IntoResponse for ApiError {
         }
         let headers = resp.headers_mut();
         match &self {
-            ApiError::TooManyRequests(secs) => {
+            ApiError::TooManyRequests(secs) | ApiError::TooManyStreams(secs) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
             }
             ApiError::RangeNotSatisfiable(len) => {

@@ -32,6 +32,10 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
+/// The `Retry-After` of a key over its share of streams: streams last long, so asking again at
+/// once is pointless.
+pub const STREAM_RETRY_AFTER_SECS: u64 = 5;
+
 /// How often a stream reads the job.
 pub const POLL: Duration = Duration::from_millis(250);
 
@@ -80,8 +84,9 @@ struct Streaming {
     job: JobId,
     cursor: Cursor,
     first: Option<JobView>,
-    // Held for the stream's life: the limit counts open streams, not requests.
+    // Held for the stream's life: the limits count open streams, not requests.
     _permit: OwnedSemaphorePermit,
+    _key_permit: crate::api::limits::KeyPermit,
 }
 
 fn to_event((name, data): Outgoing) -> Result<Event, Infallible> {
@@ -135,6 +140,13 @@ pub async fn job_events(
     let view = db::jobs::get_view(&state.pool, &caller.0, job)
         .await?
         .ok_or(ApiError::NotFound("job not found"))?;
+    // The key's own share first: a client holding its share is told so (429), and cannot
+    // exhaust the process-wide capacity (503) that every other key shares.
+    let key_permit = state
+        .guard
+        .streams_per_key
+        .try_acquire(caller.1)
+        .ok_or(ApiError::TooManyStreams(STREAM_RETRY_AFTER_SECS))?;
     let permit = state
         .guard
         .streams
@@ -148,6 +160,7 @@ pub async fn job_events(
         cursor: Cursor::default(),
         first: Some(view),
         _permit: permit,
+        _key_permit: key_permit,
     };
     Ok(Sse::new(job_stream(s))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

@@ -139,7 +139,11 @@ fn validate(
             ))
         }
         (Some(p), None) => Request::Preset(p),
-        (None, Some(caps)) => Request::Capabilities(caps),
+        (None, Some(caps)) => {
+            crate::domain::input::check_list("requested_capabilities", caps)
+                .map_err(ApiError::Unprocessable)?;
+            Request::Capabilities(caps)
+        }
     };
     let plan = plan(request).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let input = body

@@ -84,12 +84,62 @@ impl RateLimiter {
     }
 }
 
+/// Counts what each API key holds open (event streams), so that one key cannot take a shared
+/// capacity whole.
+pub struct PerKey {
+    max: usize,
+    open: Mutex<HashMap<Uuid, usize>>,
+}
+
+/// One unit a key holds; given back on drop.
+pub struct KeyPermit {
+    owner: Arc<PerKey>,
+    key: Uuid,
+}
+
+impl PerKey {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max: max.max(1),
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A unit for `key`, or `None` when it already holds its maximum.
+    pub fn try_acquire(self: &Arc<Self>, key: Uuid) -> Option<KeyPermit> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let held = open.entry(key).or_default();
+        if *held >= self.max {
+            return None;
+        }
+        *held += 1;
+        Some(KeyPermit {
+            owner: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for KeyPermit {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = open.get_mut(&self.key) {
+            *held -= 1;
+            if *held == 0 {
+                // Only keys holding something stay in the map: it is bounded by the open units.
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// The shared state of the limits, built once per API process from the configuration.
 pub struct Guard {
     pub limits: ApiLimits,
     pub rate: RateLimiter,
     pub in_flight: Arc<Semaphore>,
     pub streams: Arc<Semaphore>,
+    pub streams_per_key: Arc<PerKey>,
 }
 
 impl Guard {
@@ -99,6 +149,7 @@ impl Guard {
             rate: RateLimiter::new(limits.rate_limit_per_sec, limits.rate_limit_burst),
             in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
             streams: Arc::new(Semaphore::new(limits.max_event_streams.max(1))),
+            streams_per_key: PerKey::new(limits.max_event_streams_per_key),
         }
     }
 }
@@ -176,6 +227,24 @@ mod tests {
         assert!(b.take(1.0, 2, later).is_ok());
         assert!(b.take(1.0, 2, later).is_ok());
         assert!(b.take(1.0, 2, later).is_err());
+    }
+
+    #[test]
+    fn a_key_holds_at_most_its_share_and_gets_it_back_as_units_are_dropped() {
+        let per_key = PerKey::new(2);
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let first = per_key.try_acquire(a).unwrap();
+        let _second = per_key.try_acquire(a).unwrap();
+        assert!(
+            per_key.try_acquire(a).is_none(),
+            "a third stream of one key"
+        );
+        assert!(
+            per_key.try_acquire(b).is_some(),
+            "another key is not affected"
+        );
+        drop(first);
+        assert!(per_key.try_acquire(a).is_some());
     }
 
     #[test]

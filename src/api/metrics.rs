@@ -1,5 +1,11 @@
 //! `/metrics` in the Prometheus text format (0.0.4), hand-rolled: request latency histograms by
-//! route template, and, read at scrape time, jobs by status, queue depths and projector lag.
+//! route template, and, from a snapshot refreshed at most every [`SNAPSHOT_EVERY`], jobs by
+//! status, queue depths, projector lag and events the projector rejected.
+//!
+//! The endpoint needs no key and sits outside the request limits (a saturated server must still
+//! be observable), so what a scrape costs is bounded instead: however often it is called, the
+//! database and the broker are asked at most once per [`SNAPSHOT_EVERY`], by one scrape at a
+//! time, and the others get the snapshot.
 //!
 //! Labels stay bounded: the route is axum's matched template (`/api/v1/bd/jobs/{job_id}`), never
 //! the raw path (`unmatched` for a path no route serves), the method is one of the standard ones
@@ -30,10 +36,54 @@ struct Histogram {
 
 type Labels = (&'static str, String, u16);
 
-/// Request latencies since the process started.
+/// Request latencies since the process started, and the snapshot of the readings.
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<Labels, Histogram>>,
+    readings: Snapshot,
+}
+
+/// How old the readings of a scrape may be: Prometheus scrapes every 15 s or more, so a scraper
+/// never notices, and a flood of scrapes costs the database one set of queries per period.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
+
+/// A text computed at most once per period, concurrent callers waiting for the one computation
+/// rather than each starting their own.
+pub struct Snapshot {
+    every: Duration,
+    cached: tokio::sync::Mutex<Option<(Instant, String)>>,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self::new(SNAPSHOT_EVERY)
+    }
+}
+
+impl Snapshot {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            cached: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The snapshot taken at or after `now - every`, or a new one from `read`.
+    pub async fn get<F, Fut>(&self, now: Instant, read: F) -> String
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = String>,
+    {
+        let mut cached = self.cached.lock().await;
+        if let Some((at, text)) = cached.as_ref() {
+            if now.saturating_duration_since(*at) < self.every {
+                return text.clone();
+            }
+        }
+        let text = read().await;
+        *cached = Some((now, text.clone()));
+        text
+    }
 }
 
 fn method_label(m: &Method) -> &'static str {
@@ -128,6 +178,25 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut out = String::new();
     state.metrics.render_requests(&mut out);
+    let readings = state
+        .metrics
+        .readings
+        .get(Instant::now(), || read_readings(&state))
+        .await;
+    out.push_str(&readings);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        out,
+    )
+        .into_response()
+}
+
+/// The readings that cost a database query or a broker round trip, in the text format.
+async fn read_readings(state: &AppState) -> String {
+    let mut out = String::new();
     let mut errors: Vec<&str> = Vec::new();
     let limit = Duration::from_secs(2);
 
@@ -170,20 +239,22 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         _ => errors.push("projector_lag"),
     }
 
-    out.push_str("# HELP bdjobs_scrape_error Whether reading a scrape-time metric failed (1) on this scrape.\n");
+    out.push_str("# HELP bdjobs_projector_rejected_events_total Events the projector could never apply (a permanent database error): each was dead-lettered and failed its job (all tenants).\n");
+    out.push_str("# TYPE bdjobs_projector_rejected_events_total counter\n");
+    match tokio::time::timeout(limit, db::jobs::rejected_events(&state.pool)).await {
+        Ok(Ok(n)) => {
+            let _ = writeln!(out, "bdjobs_projector_rejected_events_total {n}");
+        }
+        _ => errors.push("projector_rejections"),
+    }
+
+    out.push_str("# HELP bdjobs_scrape_error Whether reading a scrape-time metric failed (1) on the latest snapshot.\n");
     out.push_str("# TYPE bdjobs_scrape_error gauge\n");
-    for source in ["jobs", "queues", "projector_lag"] {
+    for source in ["jobs", "queues", "projector_lag", "projector_rejections"] {
         let failed = u8::from(errors.contains(&source));
         let _ = writeln!(out, "bdjobs_scrape_error{{source=\"{source}\"}} {failed}");
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        out,
-    )
-        .into_response()
+    out
 }
 
 #[cfg(test)]
@@ -207,6 +278,27 @@ mod tests {
         assert!(out.contains(&format!("{} 0", line("0.025"))), "{out}");
         assert!(out.contains(&format!("{} 1", line("0.05"))), "{out}");
         assert!(out.contains(&format!("{} 1", line("+Inf"))), "{out}");
+    }
+
+    #[tokio::test]
+    async fn scrapes_within_the_period_share_one_reading_of_the_database_and_broker() {
+        let snapshot = Snapshot::new(Duration::from_secs(5));
+        let reads = std::sync::atomic::AtomicUsize::new(0);
+        let read = || async {
+            let n = reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            format!("reading {n}")
+        };
+        let t0 = Instant::now();
+        assert_eq!(snapshot.get(t0, read).await, "reading 1");
+        for later in [0, 1, 4] {
+            let at = t0 + Duration::from_secs(later);
+            assert_eq!(snapshot.get(at, read).await, "reading 1", "{later} s later");
+        }
+        assert_eq!(
+            snapshot.get(t0 + Duration::from_secs(5), read).await,
+            "reading 2"
+        );
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

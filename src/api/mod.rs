@@ -16,7 +16,7 @@ use crate::adapters::broker::Publisher;
 use crate::config::ApiLimits;
 use crate::read_model::outbox::{self, outbox_relay};
 use axum::http::{header, HeaderValue};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
@@ -137,31 +137,83 @@ pub fn router(state: AppState) -> Router {
             limits::admission,
         ));
     let v1 = bd.route("/openapi.json", get(openapi));
-    Router::new()
+    let app = Router::new()
         .nest("/api/v1", v1)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Innermost first: the body limit, the JSON-error net over everything, then timing
+        // Innermost first: the body limit, the panic net (so a panic still passes through the
+        // JSON-error net and is timed as a 500), the JSON-error net over everything, then timing
         // (which sees the final status).
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(axum::Extension(jobs::BodyLimit(body_limit)))
+        .layer(catch_panic())
         .layer(axum::middleware::from_fn(limits::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
         ))
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(
-                |req: &axum::http::Request<_>| {
-                    // The path, never the headers: the Authorization header stays out of logs.
-                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), tenant = tracing::field::Empty)
-                },
-            ),
-        )
-        .with_state(state)
+        .with_state(state);
+    traced(app)
+}
+
+/// Turns a panic in a handler into a 500 with the API's error body and one log line, instead
+/// of a dropped connection. The line is logged inside the request's span ([`traced`]), so it
+/// carries the request's `correlation_id`, which the client also gets back as
+/// `X-Correlation-Id`.
+pub fn catch_panic() -> tower_http::catch_panic::CatchPanicLayer<fn(PanicPayload) -> Response> {
+    tower_http::catch_panic::CatchPanicLayer::custom(panic_response as fn(PanicPayload) -> Response)
+}
+
+/// What a panic carries.
+pub type PanicPayload = Box<dyn std::any::Any + Send + 'static>;
+
+fn panic_response(payload: PanicPayload) -> Response {
+    let what = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    tracing::error!(panic = what, "a request handler panicked; answered 500");
+    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+}
+
+/// The outermost layers: every request gets a correlation id (the client's usable
+/// `X-Correlation-Id` or `X-Request-Id`, else a new one), its span carries it, and the response
+/// returns it, so any answer (a 500 above all) can be found in the logs.
+pub fn traced(app: Router) -> Router {
+    app.layer(
+        tower_http::trace::TraceLayer::new_for_http().make_span_with(
+            |req: &axum::http::Request<_>| {
+                let correlation_id = req
+                    .headers()
+                    .get(jobs::CORRELATION_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                // The path, never the headers: the Authorization header stays out of logs.
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), correlation_id, tenant = tracing::field::Empty)
+            },
+        ),
+    )
+    .layer(axum::middleware::from_fn(correlate))
+}
+
+/// Settles a request's correlation id before anything logs it: the one `jobs::correlation_id`
+/// picks is written back into the request (so the span and a job created by it share it) and
+/// put on the response.
+async fn correlate(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let id = jobs::correlation_id(req.headers());
+    let value = HeaderValue::from_str(&id).ok();
+    if let Some(v) = &value {
+        req.headers_mut().insert(jobs::CORRELATION_ID, v.clone());
+    }
+    let mut resp = next.run(req).await;
+    if let Some(v) = value {
+        resp.headers_mut().entry(jobs::CORRELATION_ID).or_insert(v);
+    }
+    resp
 }
 
 /// How long in-flight requests get to finish after shutdown is asked.
@@ -239,4 +291,66 @@ pub async fn serve(
     }
     tracing::info!("api stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tower::ServiceExt;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_a_detail_and_logs_the_correlation_id() {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let app = traced(
+            Router::new()
+                .route(
+                    "/boom",
+                    get(|| async {
+                        panic!("slice index starts at 8 but ends inside a character");
+                        #[allow(unreachable_code)]
+                        ""
+                    }),
+                )
+                .layer(catch_panic()),
+        );
+        let req = axum::http::Request::get("/boom")
+            .header("x-correlation-id", "req-panic-42")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 500);
+        assert_eq!(resp.headers()["x-correlation-id"], "req-panic-42");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body, serde_json::json!({"detail": "internal server error"}));
+        let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("a request handler panicked"))
+            .unwrap_or_else(|| panic!("no log line for the panic in {logs}"));
+        assert!(line.contains("req-panic-42"), "{line}");
+        assert!(line.contains("ends inside a character"), "{line}");
+    }
 }

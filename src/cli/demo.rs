@@ -46,6 +46,8 @@ pub async fn run(mut config: Config, examples: &Path) -> anyhow::Result<ExitCode
         .await
         .context("cannot start the demo's DNS server on 127.0.0.1")?;
     config.dns_nameserver = Some(dns.addr());
+    // The demo's mail hosts, if it probes, are on loopback like everything else.
+    config.smtp_allow_private = crate::config::Switch::On;
     eprintln!(
         "    DNS: every lookup goes to the demo's own nameserver at {}",
         dns.addr()

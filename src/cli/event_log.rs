@@ -1,7 +1,6 @@
 //! `bdjobs events export | import | compact`: the event log as JSON Lines, and its retention.
 //! This file parses options and prints; `read_model::event_log` does the work.
 
-use crate::adapters::storage;
 use crate::app;
 use crate::config::Config;
 use crate::read_model::event_log;
@@ -72,7 +71,9 @@ async fn export(
 
 async fn import(config: &Config, file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let pool = app::connect_db(config)?;
-    let store = storage::operator(&config.assets_location())?;
+    // The configured store with its configured credentials (flag, variable or file): the
+    // environment alone would leave requests to a private bucket unsigned.
+    let store = config.storage()?;
     let show = super::show_progress();
     let stdin = file.as_os_str() == "-";
     let name = if stdin {

@@ -13,7 +13,8 @@
 
 use crate::adapters::db::{self, DbError};
 use crate::adapters::progress;
-use crate::domain::email::{normalize_domain, parse_email};
+use crate::domain::email::{display_domain, normalize_domain, parse_email};
+use crate::domain::input::control_character;
 use crate::domain::stages::discovery::seniority_rank;
 use crate::domain::stages::{DirectoryCompany, DirectoryPerson};
 use anyhow::Context;
@@ -66,6 +67,20 @@ fn text(f: &Fields, key: &str) -> Option<String> {
 
 /// Turns one raw record into a directory record, or says what is wrong with it.
 fn to_record(f: &Fields) -> Result<Record, String> {
+    // Postgres refuses NUL in text, which would fail the whole import's transaction; the other
+    // controls break the CSV and logs the directory feeds. The record is skipped and named.
+    for (name, value) in f {
+        let texts = match value {
+            FieldValue::Text(t) => std::slice::from_ref(t),
+            FieldValue::List(l) => l.as_slice(),
+        };
+        if let Some(c) = texts.iter().find_map(|t| control_character(t)) {
+            return Err(format!(
+                "{name}: contains the control character U+{:04X}; text may hold no control characters but tab",
+                c as u32
+            ));
+        }
+    }
     match text(f, "type").as_deref() {
         Some("company") => {
             let domain = text(f, "domain").ok_or("company without a domain")?;
@@ -88,7 +103,7 @@ fn to_record(f: &Fields) -> Result<Record, String> {
                 None => Vec::new(),
             };
             Ok(Record::Company(DirectoryCompany {
-                name: text(f, "name").unwrap_or_else(|| domain.clone()),
+                name: text(f, "name").unwrap_or_else(|| display_domain(&domain)),
                 domain,
                 employee_count,
                 industry: text(f, "industry"),
@@ -282,6 +297,43 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internationalised_domains_import_and_control_characters_are_skipped_by_line() {
+        let data = concat!(
+            "{\"type\":\"company\",\"domain\":\"日本語.jp\"}\n",
+            "{\"type\":\"company\",\"domain\":\"https://éééé.example\",\"keywords\":[\"a\\u0000\"]}\n",
+            "{\"type\":\"person\",\"company_domain\":\"日本語.jp\",\"first_name\":\"A\\u0000da\",\"last_name\":\"L\"}\n",
+            "{\"type\":\"person\",\"company_domain\":\"日本語.jp\",\"first_name\":\"Ada\",\"last_name\":\"L\",\"email\":\"ada@日本語.jp\"}\n",
+        );
+        let recs = parse(Path::new("x.jsonl"), data).unwrap();
+        match &recs[0] {
+            (1, Ok(Record::Company(c))) => {
+                assert_eq!(c.domain, "xn--wgv71a119e.jp");
+                assert_eq!(c.name, "日本語.jp");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = recs[1].1.as_ref().unwrap_err();
+        assert_eq!(recs[1].0, 2);
+        assert!(
+            e.starts_with("keywords: contains the control character U+0000"),
+            "{e}"
+        );
+        assert_eq!(recs[2].0, 3);
+        assert!(recs[2]
+            .1
+            .as_ref()
+            .unwrap_err()
+            .starts_with("first_name: contains the control character U+0000"));
+        assert!(
+            matches!(&recs[3], (4, Ok(Record::Person(p))) if p.email.as_deref() == Some("ada@xn--wgv71a119e.jp"))
+        );
+        let csv = "type,domain,name\ncompany,日本語.jp,\ncompany,\"ex\u{1b}[2Jample.com\",x\n";
+        let recs = parse(Path::new("x.csv"), csv).unwrap();
+        assert!(recs[0].1.is_ok(), "{:?}", recs[0]);
+        assert!(recs[1].1.as_ref().unwrap_err().contains("U+001B"));
+    }
 
     #[test]
     fn jsonl_records_parse_with_their_line_numbers_and_bad_ones_are_reported() {

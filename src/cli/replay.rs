@@ -2,7 +2,6 @@
 //! what changed. The rebuild itself is `read_model::replay` (see its docs for how it stays safe
 //! while projectors run).
 
-use crate::adapters::storage;
 use crate::app;
 use crate::config::Config;
 use crate::read_model;
@@ -16,7 +15,9 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let scope = super::scope(tenant, job)?;
     let pool = app::connect_db(config)?;
-    let store = storage::operator(&config.assets_location())?;
+    // The configured store with its configured credentials (flag, variable or file): the
+    // environment alone would leave requests to a private bucket unsigned.
+    let store = config.storage()?;
     let report = read_model::replay::replay(&pool, &store, scope, super::show_progress())
         .await
         .context("replay failed; the read model is unchanged")?;

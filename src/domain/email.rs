@@ -109,13 +109,27 @@ pub struct ParsedEmail {
     pub address: String,
 }
 
+impl ParsedEmail {
+    /// A non-ASCII local part can only be sent to a server that offers
+    /// SMTPUTF8 (RFC 6531).
+    pub fn needs_smtputf8(&self) -> bool {
+        !self.local.is_ascii()
+    }
+}
+
 /// Turns user input that names a company domain — possibly a URL such as
 /// `https://www.Example.com/about` — into the bare ASCII domain `example.com`.
 pub fn normalize_domain(input: &str) -> Result<String, DomainError> {
     let mut s = input.trim();
     for scheme in ["https://", "http://"] {
-        if s.len() >= scheme.len() && s[..scheme.len()].eq_ignore_ascii_case(scheme) {
-            s = &s[scheme.len()..];
+        // `get`, not an index: the input is arbitrary Unicode, and the scheme's length can fall
+        // inside a multi-byte character (`日本語.jp`), where slicing would panic.
+        if let Some(rest) = s
+            .get(..scheme.len())
+            .filter(|head| head.eq_ignore_ascii_case(scheme))
+            .and_then(|_| s.get(scheme.len()..))
+        {
+            s = rest;
             break;
         }
     }
@@ -133,6 +147,17 @@ pub fn normalize_domain(input: &str) -> Result<String, DomainError> {
     match ascii.strip_prefix("www.") {
         Some(rest) if rest.contains('.') => Ok(rest.to_string()),
         _ => Ok(ascii),
+    }
+}
+
+/// The Unicode form (U-labels) of a canonical ASCII domain, for people to read: `xn--bcher-kva.de`
+/// reads `bücher.de`. A domain with no valid Unicode form is shown as it is.
+pub fn display_domain(ascii: &str) -> String {
+    let (unicode, result) = idna::domain_to_unicode(ascii);
+    if result.is_ok() && !unicode.is_empty() {
+        unicode
+    } else {
+        ascii.to_owned()
     }
 }
 
@@ -182,7 +207,8 @@ fn canonical_host(input: &str) -> Result<String, DomainError> {
 const ATEXT_SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~";
 
 /// Parses an address with RFC 5321 length limits and an RFC 5322 dot-atom
-/// local part.
+/// local part, extended by RFC 6531 to UTF-8 (`êjness@iana.org`); the domain
+/// comes back as its A-label, which is what DNS and the SMTP probe use.
 ///
 /// The local part is lowercased: RFC 5321 allows case-sensitive mailboxes, but
 /// no mainstream provider uses them, and a single canonical form is what lets
@@ -206,10 +232,15 @@ pub fn parse_email(input: &str) -> Result<ParsedEmail, SyntaxError> {
     if local.len() > 64 {
         return Err(SyntaxError::LocalPartTooLong(local.len()));
     }
-    if let Some(c) = local
-        .chars()
-        .find(|&c| !(c.is_ascii_alphanumeric() || c == '.' || ATEXT_SPECIALS.contains(c)))
-    {
+    // RFC 6531 extends atext with any non-ASCII UTF-8 character; controls and
+    // spaces stay out (they could end an SMTP command line).
+    let allowed = |c: char| {
+        c.is_ascii_alphanumeric()
+            || c == '.'
+            || ATEXT_SPECIALS.contains(c)
+            || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+    };
+    if let Some(c) = local.chars().find(|&c| !allowed(c)) {
         return Err(SyntaxError::InvalidLocalCharacter(c));
     }
     if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
@@ -325,10 +356,13 @@ pub fn is_disposable(domain: &str) -> bool {
     false
 }
 
-/// Folds the individual checks into one verdict, strongest evidence first:
-/// any definite failure makes the address Invalid; otherwise an unfinished
-/// network check makes it Unknown; otherwise any flag (disposable, role,
-/// implicit MX, catch-all server) makes it Risky; otherwise Verified.
+/// Folds the individual checks into one verdict; a definite finding beats an
+/// inconclusive one. Any definite failure (bad syntax, no mail server, a 5xx
+/// "no such user") makes the address Invalid; otherwise a disposable domain or
+/// a role account makes it Risky even when a network check could not finish
+/// (what the address *is* does not depend on the network); otherwise an
+/// unfinished network check makes it Unknown; otherwise an implicit MX or a
+/// catch-all server makes it Risky; otherwise Verified.
 /// `Skipped` never lowers a verdict: an address is Verified on syntax + MX
 /// alone when SMTP probing is switched off.
 pub fn classify(checks: &EmailChecks) -> EmailStatus {
@@ -336,14 +370,13 @@ pub fn classify(checks: &EmailChecks) -> EmailStatus {
     if checks.syntax == Check::Fail || checks.mx == Check::Fail || checks.smtp == Check::Fail {
         return EmailStatus::Invalid;
     }
+    if flagged(checks.disposable) || flagged(checks.role) {
+        return EmailStatus::Risky;
+    }
     if [checks.syntax, checks.mx, checks.smtp].contains(&Check::Unknown) {
         return EmailStatus::Unknown;
     }
-    if flagged(checks.disposable)
-        || flagged(checks.role)
-        || checks.mx == Check::Warn
-        || checks.smtp == Check::Warn
-    {
+    if checks.mx == Check::Warn || checks.smtp == Check::Warn {
         return EmailStatus::Risky;
     }
     EmailStatus::Verified
@@ -632,6 +665,23 @@ mod tests {
     }
 
     #[test]
+    fn an_internationalised_domain_is_accepted_and_shown_in_unicode() {
+        // The scheme check used to slice the first 8 bytes: inside `語` here, a panic.
+        assert_eq!(normalize_domain("日本語.jp").unwrap(), "xn--wgv71a119e.jp");
+        assert_eq!(
+            normalize_domain("éééé.example").unwrap(),
+            "xn--9caaaa.example"
+        );
+        assert_eq!(
+            normalize_domain("https://www.日本語.jp/会社").unwrap(),
+            "xn--wgv71a119e.jp"
+        );
+        assert_eq!(display_domain("xn--wgv71a119e.jp"), "日本語.jp");
+        assert_eq!(display_domain("example.com"), "example.com");
+        assert_eq!(display_domain("xn--zz.example"), "xn--zz.example");
+    }
+
+    #[test]
     fn a_domain_without_a_dot_is_rejected() {
         assert_eq!(
             normalize_domain("localhost"),
@@ -782,7 +832,7 @@ mod tests {
     }
 
     #[test]
-    fn spaces_commas_and_non_ascii_are_rejected_in_the_local_part() {
+    fn spaces_commas_and_controls_are_rejected_in_the_local_part() {
         assert_eq!(
             parse_email("john doe@example.com"),
             Err(SyntaxError::InvalidLocalCharacter(' '))
@@ -792,8 +842,39 @@ mod tests {
             Err(SyntaxError::InvalidLocalCharacter(','))
         );
         assert_eq!(
-            parse_email("jörg@example.com"),
-            Err(SyntaxError::InvalidLocalCharacter('ö'))
+            parse_email("jo\u{85}rg@example.com"),
+            Err(SyntaxError::InvalidLocalCharacter('\u{85}'))
+        );
+        assert_eq!(
+            parse_email("jo\u{3000}rg@example.com"),
+            Err(SyntaxError::InvalidLocalCharacter('\u{3000}'))
+        );
+    }
+
+    #[test]
+    fn utf8_local_parts_pass_and_the_domain_becomes_its_a_label() {
+        let e = parse_email("êjness@iana.org").unwrap();
+        assert_eq!(e.local, "êjness");
+        assert_eq!(e.domain, "iana.org");
+        assert!(e.needs_smtputf8());
+        let e = parse_email("伊昭傑@郵件.商務").unwrap();
+        assert_eq!(e.local, "伊昭傑");
+        assert!(
+            e.domain.starts_with("xn--") && e.domain.is_ascii(),
+            "{}",
+            e.domain
+        );
+        assert_eq!(e.address, format!("伊昭傑@{}", e.domain));
+        assert!(!parse_email("jane@acme.test").unwrap().needs_smtputf8());
+    }
+
+    #[test]
+    fn a_utf8_local_part_is_limited_to_64_octets_not_characters() {
+        // 22 three-octet characters: 66 octets.
+        let local = "伊".repeat(22);
+        assert_eq!(
+            parse_email(&format!("{local}@iana.org")),
+            Err(SyntaxError::LocalPartTooLong(66))
         );
     }
 
@@ -935,13 +1016,33 @@ mod tests {
     }
 
     #[test]
-    fn unknown_beats_risky() {
-        let c = checks(
+    fn a_disposable_or_role_address_is_risky_even_when_the_network_did_not_answer() {
+        let disposable = checks(
             Check::Pass,
             Check::Fail,
             Check::Pass,
             Check::Unknown,
             Check::Skipped,
+        );
+        assert_eq!(classify(&disposable), EmailStatus::Risky);
+        let role = checks(
+            Check::Pass,
+            Check::Pass,
+            Check::Fail,
+            Check::Pass,
+            Check::Unknown,
+        );
+        assert_eq!(classify(&role), EmailStatus::Risky);
+    }
+
+    #[test]
+    fn an_unfinished_check_beats_an_implicit_mx_or_a_catch_all() {
+        let c = checks(
+            Check::Pass,
+            Check::Pass,
+            Check::Pass,
+            Check::Warn,
+            Check::Unknown,
         );
         assert_eq!(classify(&c), EmailStatus::Unknown);
     }

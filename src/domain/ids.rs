@@ -50,6 +50,42 @@ impl fmt::Display for MessageId {
     }
 }
 
+/// A short reference to a failure whose details stay in the logs: the tenant-visible message
+/// names it and the log line with the details carries it (`reference=...`), so an operator goes
+/// from a client's complaint to the cause with one search, and no internals reach the client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ErrorRef(String);
+
+impl ErrorRef {
+    /// A fresh reference.
+    pub fn new() -> Self {
+        Self::of(Uuid::new_v4())
+    }
+
+    /// The reference of a failure tied to one message: the same message, the same reference
+    /// (a redelivery logs what the first attempt logged).
+    pub fn of(id: Uuid) -> Self {
+        let hex = id.simple().to_string();
+        Self(format!("E-{}", &hex[hex.len() - 12..]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for ErrorRef {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ErrorRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what} must be 1 to {max} characters of a-z, 0-9, '_' or '-' (got {got:?})")]
 pub struct InvalidName {

@@ -1,7 +1,7 @@
 //! The records a job works on, as the client sends them and as the pipeline sees them after
 //! validation and normalisation (domains lower-cased, IDNA-encoded, stripped of scheme/`www.`).
 
-use super::email::normalize_domain;
+use super::email::{display_domain, normalize_domain};
 use serde::{Deserialize, Serialize};
 
 /// At most this many companies plus contacts in one job: beyond it a request is refused with 422
@@ -9,6 +9,48 @@ use serde::{Deserialize, Serialize};
 pub const MAX_RECORDS: usize = 10_000;
 /// Longest accepted text field, in characters.
 pub const MAX_FIELD_CHARS: usize = 512;
+/// Most items a list option (`icp_config.industries`, `execution_options.target_titles`, ...)
+/// may hold: each item is matched against every company or person, so an unbounded list makes
+/// a job quadratic.
+pub const MAX_LIST_ITEMS: usize = 100;
+
+/// The first control character in `s` other than tab: C0 (NUL, line breaks, escape ...), DEL or
+/// C1. Text fields refuse them: Postgres cannot store NUL in `jsonb` or `text`, and the rest
+/// break CSV cells, logs and terminals downstream while no name or title needs them.
+pub fn control_character(s: &str) -> Option<char> {
+    s.chars().find(|&c| c.is_control() && c != '\t')
+}
+
+/// What is wrong with one text value at `path`, if anything: too long, or a control character.
+pub fn text_problem(path: &str, value: &str) -> Option<String> {
+    if let Some(c) = control_character(value) {
+        return Some(format!(
+            "{path}: contains the control character U+{:04X}; text may hold no control characters but tab",
+            c as u32
+        ));
+    }
+    if value.chars().count() > MAX_FIELD_CHARS {
+        return Some(format!("{path}: longer than {MAX_FIELD_CHARS} characters"));
+    }
+    None
+}
+
+/// Checks a list option: at most [`MAX_LIST_ITEMS`] items, each a valid text value. The first
+/// problem is the answer (a 422 names the list and, for an item, its index).
+pub fn check_list(path: &str, items: &[String]) -> Result<(), String> {
+    if items.len() > MAX_LIST_ITEMS {
+        return Err(format!(
+            "{path}: {} items; at most {MAX_LIST_ITEMS} are accepted",
+            items.len()
+        ));
+    }
+    for (i, item) in items.iter().enumerate() {
+        if let Some(problem) = text_problem(&format!("{path}[{i}]"), item) {
+            return Err(problem);
+        }
+    }
+    Ok(())
+}
 
 /// Reads an optional count that JSON may spell `12` or `12.0`: JSON (and JSON Schema's
 /// `integer`) does not tell the two apart, so neither may the API. A fraction, a negative or a
@@ -122,14 +164,13 @@ fn clean(field: &Option<String>) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn too_long(problems: &mut Vec<String>, path: &str, fields: &[(&str, &Option<String>)]) {
+fn check_fields(problems: &mut Vec<String>, path: &str, fields: &[(&str, &Option<String>)]) {
     for (name, value) in fields {
-        if let Some(v) = value {
-            if v.chars().count() > MAX_FIELD_CHARS {
-                problems.push(format!(
-                    "{path}.{name}: longer than {MAX_FIELD_CHARS} characters"
-                ));
-            }
+        if let Some(problem) = value
+            .as_deref()
+            .and_then(|v| text_problem(&format!("{path}.{name}"), v))
+        {
+            problems.push(problem);
         }
     }
 }
@@ -164,7 +205,8 @@ impl RawInput {
         let mut companies = Vec::with_capacity(self.companies.len());
         for (i, c) in self.companies.iter().enumerate() {
             let path = format!("input_assets.companies[{i}]");
-            too_long(
+            let before = problems.len();
+            check_fields(
                 &mut problems,
                 &path,
                 &[
@@ -175,6 +217,9 @@ impl RawInput {
                     ("linkedin_url", &c.linkedin_url),
                 ],
             );
+            if problems.len() > before {
+                continue;
+            }
             let domain = match clean(&c.domain) {
                 None => {
                     problems.push(format!("{path}.domain: required"));
@@ -189,7 +234,9 @@ impl RawInput {
                 },
             };
             companies.push(Company {
-                name: clean(&c.name).unwrap_or_else(|| domain.clone()),
+                // The domain is stored in its ASCII (A-label) form, which DNS needs; a name made
+                // from it is for people, so it reads in Unicode.
+                name: clean(&c.name).unwrap_or_else(|| display_domain(&domain)),
                 domain,
                 employee_count: c.employee_count,
                 industry: clean(&c.industry),
@@ -200,7 +247,8 @@ impl RawInput {
         let mut contacts = Vec::with_capacity(self.contacts.len());
         for (i, c) in self.contacts.iter().enumerate() {
             let path = format!("input_assets.contacts[{i}]");
-            too_long(
+            let before = problems.len();
+            check_fields(
                 &mut problems,
                 &path,
                 &[
@@ -214,6 +262,9 @@ impl RawInput {
                     ("linkedin_url", &c.linkedin_url),
                 ],
             );
+            if problems.len() > before {
+                continue;
+            }
             let company_domain = match clean(&c.company_domain) {
                 None => None,
                 Some(d) => match normalize_domain(&d) {
@@ -314,6 +365,88 @@ mod tests {
     }
 
     #[test]
+    fn an_internationalised_domain_is_kept_in_ascii_and_named_in_unicode() {
+        let raw = RawInput {
+            companies: vec![company("日本語.jp"), company("https://éééé.example/")],
+            contacts: vec![],
+        };
+        let input = raw.validate().unwrap();
+        assert_eq!(input.companies[0].domain, "xn--wgv71a119e.jp");
+        assert_eq!(input.companies[0].name, "日本語.jp");
+        assert_eq!(input.companies[1].domain, "xn--9caaaa.example");
+        assert_eq!(input.companies[1].name, "éééé.example");
+    }
+
+    fn named(first: &str) -> RawContact {
+        RawContact {
+            first_name: Some(first.to_owned()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_nul_in_a_name_is_refused_naming_the_field_and_the_record() {
+        let raw = RawInput {
+            companies: vec![],
+            contacts: vec![named("Ada"), named("A\u{0}da")],
+        };
+        let e = raw.validate().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "input_assets.contacts[1].first_name: contains the control character U+0000; text may hold no control characters but tab"
+        );
+    }
+
+    #[test]
+    fn c0_c1_and_del_controls_are_refused_but_a_tab_is_kept() {
+        for bad in [
+            "a\nb",
+            "a\rb",
+            "\u{1b}[31m",
+            "a\u{7f}",
+            "a\u{85}b",
+            "\u{9f}",
+        ] {
+            let raw = RawInput {
+                companies: vec![RawCompany {
+                    industry: Some(bad.to_owned()),
+                    ..company("a.example")
+                }],
+                contacts: vec![],
+            };
+            let e = raw.validate().unwrap_err().to_string();
+            assert!(
+                e.starts_with("input_assets.companies[0].industry: contains the control character"),
+                "{bad:?}: {e}"
+            );
+        }
+        let raw = RawInput {
+            companies: vec![],
+            contacts: vec![named("Ada\tLovelace")],
+        };
+        assert_eq!(
+            raw.validate().unwrap().contacts[0].first_name.as_deref(),
+            Some("Ada\tLovelace")
+        );
+    }
+
+    #[test]
+    fn a_list_option_is_limited_in_count_and_checked_item_by_item() {
+        let many = vec!["x".to_owned(); MAX_LIST_ITEMS + 1];
+        assert_eq!(
+            check_list("icp_config.keywords", &many).unwrap_err(),
+            "icp_config.keywords: 101 items; at most 100 are accepted"
+        );
+        assert!(check_list("icp_config.keywords", &many[1..]).is_ok());
+        let bad = vec!["ok".to_owned(), "n\u{0}".to_owned()];
+        assert!(check_list("execution_options.target_titles", &bad)
+            .unwrap_err()
+            .starts_with(
+                "execution_options.target_titles[1]: contains the control character U+0000"
+            ));
+    }
+
+    #[test]
     fn empty_input_is_refused() {
         let e = RawInput::default().validate().unwrap_err();
         assert!(e.to_string().contains("at least one record"));
@@ -372,5 +505,98 @@ mod tests {
             Some("King Lovelace")
         );
         assert_eq!(input.contacts[1].full_name.as_deref(), Some("Alan Turing"));
+    }
+
+    /// Hostile and unusual text: every Unicode scalar, plus the ones that break naive code
+    /// (multi-byte, right-to-left marks, combining marks, emoji with joiners, C0/C1 controls,
+    /// look-alike dots) and the characters URL and address parsing splits on.
+    fn nasty_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let special = prop::sample::select(vec![
+            '\u{0}', '\t', '\n', '\u{1b}', '\u{7f}', '\u{85}', '\u{9f}', '\u{200f}', '\u{202e}',
+            '\u{200d}', '\u{301}', '\u{fe0f}', '\u{ff0e}', '\u{3002}', '\u{fffd}', '語', 'ש', 'é',
+            'ß', '😀', '👩', '.', '/', ':', '@', '?', '#', '-', '_', '"', ' ', 'h', 't', 'p', 's',
+            'w', 'x', 'n', '1',
+        ]);
+        prop::collection::vec(prop_oneof![any::<char>(), special], 0..48)
+            .prop_map(|cs| cs.into_iter().collect())
+    }
+
+    /// A JSON string literal of `text` with lone UTF-16 surrogates (`\uD800`) spliced in where
+    /// `splice` says: what a client in JavaScript can send and Rust strings cannot hold.
+    fn json_with_surrogates(text: &str, splice: &[bool]) -> String {
+        let mut out = String::from("\"");
+        for (c, lone) in text
+            .chars()
+            .zip(splice.iter().chain(std::iter::repeat(&false)))
+        {
+            if *lone {
+                out.push_str("\\uD83D");
+            }
+            let escaped = serde_json::to_string(&c.to_string()).expect("a string serialises");
+            out.push_str(&escaped[1..escaped.len() - 1]);
+        }
+        out.push('"');
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_validator_never_panics_on_any_text(
+            domain in nasty_text(),
+            name in nasty_text(),
+            email in nasty_text(),
+            splice in proptest::collection::vec(proptest::bool::weighted(0.05), 0..48),
+        ) {
+            let raw = RawInput {
+                companies: vec![RawCompany {
+                    domain: Some(domain.clone()),
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }],
+                contacts: vec![RawContact {
+                    first_name: Some(name.clone()),
+                    email: Some(email.clone()),
+                    company_domain: Some(domain.clone()),
+                    ..Default::default()
+                }],
+            };
+            let _ = raw.validate();
+            let json = format!(
+                r#"{{"companies":[{{"domain":{}}}],"contacts":[{{"full_name":{},"email":{}}}]}}"#,
+                json_with_surrogates(&domain, &splice),
+                json_with_surrogates(&name, &splice),
+                json_with_surrogates(&email, &splice),
+            );
+            if let Ok(raw) = serde_json::from_str::<RawInput>(&json) {
+                let _ = raw.validate();
+            }
+            let _ = check_list("icp_config.keywords", &[domain, name, email]);
+        }
+
+        #[test]
+        fn the_email_and_domain_parsers_never_panic_on_any_text(
+            text in nasty_text(),
+            other in nasty_text(),
+        ) {
+            use crate::domain::email::*;
+            if let Ok(ascii) = normalize_domain(&text) {
+                // What comes out is ASCII and canonical: normalising it again changes nothing.
+                proptest::prop_assert!(ascii.is_ascii(), "{:?}", ascii);
+                let _ = display_domain(&ascii);
+            }
+            let _ = display_domain(&text);
+            let address = format!("{text}@{other}");
+            for candidate in [&text, &address] {
+                let _ = parse_email(candidate);
+                let _ = crate::domain::stages::verify::offline_checks(candidate);
+            }
+            let _ = is_role_account(&text);
+            let _ = is_disposable(&text);
+            let _ = clean_name(&text);
+            for p in Pattern::ALL {
+                let _ = p.render(&text, &other, &text);
+            }
+        }
     }
 }

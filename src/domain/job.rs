@@ -184,8 +184,15 @@ impl JobView {
 
     /// Applies one event. Returns whether anything changed.
     pub fn apply(&mut self, rec: &EventRecord) -> bool {
+        if let Event::Warning(w) = &rec.event {
+            // Apart from the clock, a warning touches the warnings alone: compared without
+            // cloning the whole view, kept sorted by insertion rather than a sort per warning.
+            let updated = self.updated_at.max(rec.occurred_at);
+            let clock = updated != self.updated_at;
+            self.updated_at = updated;
+            return self.add_warning(rec.position, &w.message) || clock;
+        }
         let before = self.clone();
-        let at = rec.position;
         // Two runs of one job (a duplicated command) can produce equal positions; the message
         // id breaks the tie so that every projector picks the same winner.
         let key = (rec.position, rec.message_id);
@@ -240,20 +247,7 @@ impl JobView {
                 );
                 self.set_message(key, &format!("{done} of {total} chunks done..."));
             }
-            Event::Warning(w) => {
-                if let Some(existing) = self.warning_log.iter_mut().find(|(_, m)| *m == w.message) {
-                    existing.0 = existing.0.min(at);
-                } else {
-                    self.warning_log.push((at, w.message.clone()));
-                }
-                self.warning_log.sort();
-                self.warnings = self
-                    .planning_warnings
-                    .iter()
-                    .cloned()
-                    .chain(self.warning_log.iter().map(|(_, m)| m.clone()))
-                    .collect();
-            }
+            Event::Warning(_) => unreachable!("warnings are applied above"),
             Event::Completed(_) | Event::Failed(_) | Event::Cancelled(_) => {
                 if self.terminal_at.is_none_or(|t| key < t) {
                     self.set_terminal(rec);
@@ -261,6 +255,26 @@ impl JobView {
             }
         }
         *self != before
+    }
+
+    /// Records a warning at its earliest position; returns whether the warnings changed.
+    fn add_warning(&mut self, at: Position, message: &str) -> bool {
+        if let Some(i) = self.warning_log.iter().position(|(_, m)| m == message) {
+            if self.warning_log[i].0 <= at {
+                return false;
+            }
+            self.warning_log.remove(i);
+        }
+        let entry = (at, message.to_owned());
+        let i = self.warning_log.partition_point(|e| *e < entry);
+        self.warning_log.insert(i, entry);
+        self.warnings = self
+            .planning_warnings
+            .iter()
+            .chain(self.warning_log.iter().map(|(_, m)| m))
+            .cloned()
+            .collect();
+        true
     }
 
     fn set_message(&mut self, at: (Position, MessageId), message: &str) {

@@ -42,6 +42,9 @@ impl Position {
     pub const API_CANCEL: Position = Position { attempt: 0, seq: 1 };
     /// A `job.failed` written by the stuck-job reaper: likewise final once written.
     pub const REAPER: Position = Position { attempt: 0, seq: 2 };
+    /// A `job.failed` written by the projector for a job one of whose events it could never
+    /// apply: likewise final, since the job's history is incomplete.
+    pub const PROJECTOR: Position = Position { attempt: 0, seq: 3 };
 }
 
 /// The generic envelope as it travels: the payload stays raw JSON until [`RawEnvelope::decode`]

@@ -9,5 +9,6 @@ pub mod input;
 pub mod job;
 pub mod messages;
 pub mod plan;
+pub mod probe;
 pub mod retention;
 pub mod stages;

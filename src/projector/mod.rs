@@ -6,7 +6,7 @@
 use crate::adapters::broker::{self, BrokerError, Topology};
 use crate::adapters::Retryable;
 use crate::domain::messages::{EventRecord, RawEnvelope};
-use crate::read_model::{apply, apply_batch, reap_stuck, Applied, ReadModelError};
+use crate::read_model::{apply, apply_batch, reap_stuck, reject, Applied, ReadModelError};
 use deadpool_postgres::Pool;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
@@ -240,7 +240,9 @@ async fn settle_batch(
                             .await?
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, job_id = %raw.job_id, "dead-lettering an event that cannot be applied");
+                        if let Err(why) = reject(pool, storage, raw, &e).await {
+                            tracing::error!(error = %why, job_id = %raw.job_id, "could not fail the job of an event that cannot be applied; the reaper will");
+                        }
                         d.acker
                             .reject(BasicRejectOptions { requeue: false })
                             .await?

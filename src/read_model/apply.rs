@@ -4,6 +4,7 @@
 use super::assets::{sync_assets, sync_assets_many, winner};
 use super::ReadModelError;
 use crate::adapters::db::{self, DbError};
+use crate::domain::ids::ErrorRef;
 use crate::domain::job::{fold, JobView};
 use crate::domain::messages::{Event, EventRecord, RawEnvelope};
 use deadpool_postgres::Pool;
@@ -66,6 +67,63 @@ pub async fn reap_stuck(pool: &Pool, idle_secs: f64) -> Result<usize, ReadModelE
     }
     tx.commit().await?;
     Ok(n)
+}
+
+/// What becomes of an event the projector can never apply (a permanent database error: jsonb
+/// refusing a NUL, a value out of range): the caller dead-letters it, and this records it
+/// (`projector_rejections`, which `/metrics` counts), logs the error under a reference, and fails
+/// its job with a message that quotes the reference and no internals, unless the job already
+/// ended. Without this the job would stay `running` until the reaper gave up on it.
+pub async fn reject(
+    pool: &Pool,
+    storage: &Operator,
+    raw: &RawEnvelope,
+    error: &ReadModelError,
+) -> Result<ErrorRef, ReadModelError> {
+    let reference = ErrorRef::of(raw.message_id.0);
+    tracing::error!(
+        error = %error,
+        %reference,
+        job_id = %raw.job_id,
+        kind = %raw.kind,
+        message_id = %raw.message_id,
+        "dead-lettering an event that cannot be applied; failing its job"
+    );
+    {
+        let client = pool.get().await.map_err(DbError::from)?;
+        db::jobs::record_rejection(&client, raw, reference.as_str()).await?;
+    }
+    if matches!(db::jobs::status(pool, raw.job_id).await?, Some(s) if s.is_terminal()) {
+        return Ok(reference);
+    }
+    let what = if raw.kind == crate::domain::messages::kinds::COMPLETED {
+        "the job finished, but its result could not be recorded"
+    } else {
+        "an update of the job could not be recorded, so its outcome is unknown"
+    };
+    let job = crate::domain::messages::JobRef {
+        job_id: raw.job_id,
+        tenant: raw.tenant.clone(),
+    };
+    let mut failed = Event::Failed(crate::domain::messages::Failed {
+        error: format!(
+            "{what} (reference {reference}); submit the job again, and quote the reference if it \
+fails the same way"
+        ),
+        stage: None,
+    })
+    .into_envelope(
+        &job,
+        crate::domain::messages::Position::PROJECTOR,
+        chrono::Utc::now(),
+    );
+    // One failure per rejected event, however often the event is redriven.
+    failed.message_id = crate::domain::ids::MessageId(uuid::Uuid::new_v5(
+        &raw.message_id.0,
+        b"bdjobs projector rejection",
+    ));
+    apply(pool, storage, &failed).await?;
+    Ok(reference)
 }
 
 /// The step: applies one event in one transaction.

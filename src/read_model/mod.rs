@@ -5,7 +5,8 @@
 //! - [`apply`]: the step that appends events to the log and folds them into the views
 //!   ([`apply::apply_batch`], used by the projector and by `events import`), the append of an
 //!   event born in-process ([`apply::append_and_fold`]: the API's cancellation, the reaper's
-//!   failure) and the reaper ([`apply::reap_stuck`]);
+//!   failure), the reaper ([`apply::reap_stuck`]) and the fate of an event the database refuses
+//!   for good ([`apply::reject`]: counted, and its job failed with a reference);
 //! - [`jobs`]: the API's writes, creating a job with its outbox row and cancelling one;
 //! - [`assets`]: rendering a finished job's assets and storing them with their index rows;
 //! - [`outbox`]: forgetting published commands and relaying the ones whose publish did not
@@ -27,7 +28,7 @@ pub mod jobs;
 pub mod outbox;
 pub mod replay;
 
-pub use apply::{append_and_fold, apply, apply_batch, reap_stuck, Applied};
+pub use apply::{append_and_fold, apply, apply_batch, reap_stuck, reject, Applied};
 
 use crate::adapters::db::DbError;
 use crate::adapters::storage::StorageError;

@@ -9,6 +9,7 @@
 
 pub mod pipeline;
 pub mod sources;
+pub mod verify;
 
 use crate::adapters::broker::{self, BrokerError, Confirm, Outgoing, Publisher, Topology};
 use crate::adapters::claims::{self, ClaimError, Claims};
@@ -575,7 +576,7 @@ pub async fn process_one(
         Ok(Err(e)) if e.is_retryable() && (attempt as i64) < broker::DELIVERY_LIMIT => {
             return Err(e)
         }
-        Ok(Err(e)) => format!("{} failed: {e}", r.stage),
+        Ok(Err(e)) => failure_message(r.stage, &e),
         Err(stop) => stop_message(&stop, sources, r.stage),
     };
     fail(&mut r, failure).await
@@ -693,7 +694,7 @@ async fn run_chunk(
                 return Err(e)
             }
             Ok(Err(e)) => {
-                let message = format!("{} failed in chunk {} of {count}: {e}", r.stage, index + 1);
+                let message = failure_message(r.stage, &e);
                 return fail(&mut r, message).await;
             }
             Err(Stop::Cancelled) => return cancel_chunked(sources, &mut r, job).await,
@@ -761,6 +762,25 @@ async fn cancel_chunked(
     .await?;
     r.settle().await?;
     Ok(Outcome::Cancelled)
+}
+
+/// The `error_message` of a job that failed on `e`: the tenant reads it, so a dependency's
+/// error (a database or pool message, with host names, SQL states, constraint names) stays in the
+/// log, under a reference the message names.
+fn failure_message(stage: Capability, e: &WorkerError) -> String {
+    let what = match e {
+        // Our own words about the job (a malformed plan), meant for the client.
+        WorkerError::Fatal(why) => return format!("{stage} failed: {why}"),
+        WorkerError::Database(_) => "the database",
+        WorkerError::Broker(_) => "the message broker",
+        WorkerError::NotYet(_) => "the event log",
+    };
+    let reference = crate::domain::ids::ErrorRef::new();
+    tracing::error!(error = %e, %reference, %stage, "job failed on a dependency");
+    format!(
+        "{stage} failed: {what} could not be used to finish the job (reference {reference}); \
+retry the job, and quote the reference if it fails again"
+    )
 }
 
 /// Settings of the worker loop.

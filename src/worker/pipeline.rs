@@ -3,20 +3,20 @@
 //! score.
 
 use super::sources::{CancelSignal, ChunkLog, Directory, NeverCancel, NoChunkLog};
+use super::verify::{list_some, verify_addresses, Probing, VerifySettings};
 use super::{Reporter, WorkerError};
-use crate::adapters::dns::{smtp_targets, CachedResolver, MailDomainResolver, MailHosts};
-use crate::adapters::smtp::{ProbeOutcome, SmtpProber};
-use crate::domain::email::EmailStatus;
+use crate::adapters::dns::MailDomainResolver;
+use crate::adapters::smtp::SmtpProber;
 use crate::domain::input::Company;
 use crate::domain::messages::{ChunkCompleted, ChunkOf, Completed, RunJob};
 use crate::domain::plan::Capability;
-use crate::domain::stages::verify::{offline_checks, verdict, MxVerdict, SmtpVerdict};
+use crate::domain::probe::VerifyProgress;
 use crate::domain::stages::{
     discovery, lookup, qualification, size_band, DeliveredContact, DirectoryCompany,
     DirectoryPerson, Summary,
 };
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What the stages reach outside the process through, and the limits a run keeps to.
@@ -24,8 +24,9 @@ use std::time::Duration;
 pub struct Sources {
     pub directory: Arc<dyn Directory>,
     pub dns: Arc<dyn MailDomainResolver>,
-    /// `Some` only when `BDJOBS_SMTP_PROBE=on`.
-    pub smtp: Option<Arc<dyn SmtpProber>>,
+    /// `Some` only when `BDJOBS_SMTP_PROBE=on`: the prober with the limits and verdict cache
+    /// the worker's jobs share.
+    pub smtp: Option<Arc<Probing>>,
     pub cancel: Arc<dyn CancelSignal>,
     /// A run that reports no progress for this long fails (a no-progress timeout: a long job
     /// that keeps moving is never failed for being long).
@@ -53,8 +54,13 @@ impl Sources {
         }
     }
 
-    pub fn with_smtp(mut self, smtp: Arc<dyn SmtpProber>) -> Self {
-        self.smtp = Some(smtp);
+    /// Probing with production's settings (internal networks never probed).
+    pub fn with_smtp(self, smtp: Arc<dyn SmtpProber>) -> Self {
+        self.with_probing(smtp, VerifySettings::default())
+    }
+
+    pub fn with_probing(mut self, smtp: Arc<dyn SmtpProber>, settings: VerifySettings) -> Self {
+        self.smtp = Some(Arc::new(Probing::new(smtp, settings)));
         self
     }
 
@@ -121,21 +127,6 @@ fn from_input(c: &crate::domain::input::Contact) -> DeliveredContact {
         source: "input".to_owned(),
         ..Default::default()
     }
-}
-
-/// "a.example, b.example and 3 more": keeps warnings readable for big jobs.
-fn list_some(items: &[String]) -> String {
-    const SHOWN: usize = 5;
-    let mut s = items
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if items.len() > SHOWN {
-        s.push_str(&format!(" and {} more", items.len() - SHOWN));
-    }
-    s
 }
 
 impl<'a> Work<'a> {
@@ -335,63 +326,61 @@ impl<'a> Work<'a> {
         let with_email: Vec<usize> = (0..self.contacts.len())
             .filter(|&i| self.contacts[i].email.is_some())
             .collect();
-        let n = with_email.len();
-        r.stage(format!("Verifying emails (0/{n})...")).await?;
-        // One cache per job: the same domain is asked once however many contacts share it.
-        let dns = CachedResolver::new(self.sources.dns.clone());
-        let mut no_mail: BTreeMap<String, usize> = BTreeMap::new();
-        let mut dns_unknown: BTreeMap<String, usize> = BTreeMap::new();
-        for (k, &i) in with_email.iter().enumerate() {
-            let email = self.contacts[i].email.clone().unwrap_or_default();
-            let (status, checks) = match offline_checks(&email) {
-                Err(checks) => (EmailStatus::Invalid, checks),
-                Ok((parsed, checks)) => {
-                    let hosts = dns.mail_hosts(&parsed.domain).await;
-                    let mx = match &hosts {
-                        MailHosts::Found(_) => MxVerdict::MailServer,
-                        MailHosts::Implicit(_) => MxVerdict::ImplicitMx,
-                        MailHosts::NoMailServer => {
-                            *no_mail.entry(parsed.domain.clone()).or_default() += 1;
-                            MxVerdict::NoMailServer
-                        }
-                        MailHosts::Unknown(_) => {
-                            *dns_unknown.entry(parsed.domain.clone()).or_default() += 1;
-                            MxVerdict::Unknown
-                        }
-                    };
-                    let smtp = match (&self.sources.smtp, mx) {
-                        (Some(prober), MxVerdict::MailServer | MxVerdict::ImplicitMx) => {
-                            let ips = smtp_targets(&dns, &hosts).await;
-                            match prober.probe(&ips, &parsed.address).await {
-                                ProbeOutcome::Accepted => SmtpVerdict::Accepted,
-                                ProbeOutcome::AcceptedCatchAll => SmtpVerdict::CatchAll,
-                                ProbeOutcome::Rejected(..) => SmtpVerdict::Rejected,
-                                ProbeOutcome::Unknown(_) => SmtpVerdict::Unknown,
-                            }
-                        }
-                        _ => SmtpVerdict::NotProbed,
-                    };
-                    let (status, checks) = verdict(checks, mx, smtp);
-                    self.contacts[i].email = Some(parsed.address);
-                    (status, checks)
+        let emails: Vec<String> = with_email
+            .iter()
+            .map(|&i| self.contacts[i].email.clone().unwrap_or_default())
+            .collect();
+        let n = emails.len();
+        r.stage(format!("Verifying emails: 0 of {n} checked"))
+            .await?;
+        // The engine reports from inside its own loop; the latest report is sent from here,
+        // where the reporter lives, at the reporter's own pace.
+        let latest: Arc<Mutex<Option<VerifyProgress>>> = Arc::default();
+        let slot = latest.clone();
+        let on_progress = move |p: VerifyProgress| {
+            if let Ok(mut l) = slot.lock() {
+                *l = Some(p);
+            }
+        };
+        // Leave a tenth of the job's time for the rest of the run.
+        let budget = self.sources.job_timeout.mul_f64(0.9);
+        let run = verify_addresses(
+            &emails,
+            self.sources.dns.clone(),
+            self.sources.smtp.as_deref(),
+            budget,
+            &on_progress,
+        );
+        tokio::pin!(run);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let found = loop {
+            tokio::select! {
+                found = &mut run => break found,
+                _ = tick.tick() => {
+                    let p = latest.lock().ok().and_then(|mut l| l.take());
+                    if let Some(p) = p {
+                        r.progress(p.fraction(), p.message(), Some((p.done, p.total))).await?;
+                    }
                 }
-            };
-            let c = &mut self.contacts[i];
-            c.email_status = Some(status);
-            c.email_checks = Some(checks);
-            r.item(k + 1, n, "Verifying emails").await?;
+            }
+        };
+        // The last word of the engine (everything checked), unless a tick already sent it.
+        let last = latest.lock().ok().and_then(|mut l| l.take());
+        if let Some(p) = last {
+            r.progress(p.fraction(), p.message(), Some((p.done, p.total)))
+                .await?;
         }
-        for (domain, count) in no_mail {
-            r.warn(format!(
-                "{domain} has no mail server; {count} contact(s) dropped"
-            ))
-            .await?;
+        for (k, v) in found.verdicts.into_iter().enumerate() {
+            let c = &mut self.contacts[with_email[k]];
+            if let Some(address) = v.address {
+                c.email = Some(address);
+            }
+            c.email_status = Some(v.status);
+            c.email_checks = Some(v.checks);
         }
-        for (domain, count) in dns_unknown {
-            r.warn(format!(
-                "the DNS lookup for {domain} did not finish; {count} contact(s) marked unknown"
-            ))
-            .await?;
+        for w in found.warnings {
+            r.warn(w).await?;
         }
         Ok(())
     }

@@ -559,6 +559,37 @@ pub async fn count_by_status(pool: &Pool) -> Result<Vec<(String, i64)>, DbError>
         .collect())
 }
 
+/// Records an event the projector dead-letters because it can never be applied. Idempotent: a
+/// redriven copy is recorded once.
+pub async fn record_rejection(
+    tx: &impl GenericClient,
+    raw: &RawEnvelope,
+    reference: &str,
+) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO projector_rejections (message_id, job_id, tenant, type, reference)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING",
+        &[
+            &raw.message_id.0,
+            &raw.job_id.0,
+            &raw.tenant.as_str(),
+            &raw.kind,
+            &reference,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// How many events the projector has dead-lettered as impossible to apply, ever.
+pub async fn rejected_events(pool: &Pool) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one("SELECT count(*) FROM projector_rejections", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
 /// How late the projector is, in seconds: the largest gap between an event's occurrence (the
 /// worker's clock) and its application (the database's clock) over the events applied in the
 /// last minute; 0 when none were. A backlog shows as the projector queue's depth.

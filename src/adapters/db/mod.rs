@@ -119,7 +119,7 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
 }
 
 /// The migrations, in order. Embedded so the binary carries its own schema.
-pub const MIGRATIONS: [(&str, &str); 6] = [
+pub const MIGRATIONS: [(&str, &str); 7] = [
     (
         "0001_init",
         include_str!("../../../migrations/0001_init.sql"),
@@ -143,6 +143,10 @@ pub const MIGRATIONS: [(&str, &str); 6] = [
     (
         "0006_idempotency",
         include_str!("../../../migrations/0006_idempotency.sql"),
+    ),
+    (
+        "0007_projector_rejections",
+        include_str!("../../../migrations/0007_projector_rejections.sql"),
     ),
 ];
 

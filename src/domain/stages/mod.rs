@@ -9,6 +9,7 @@ pub mod qualification;
 pub mod verify;
 
 use super::email::{EmailChecks, EmailStatus};
+use super::input::check_list;
 use serde::{Deserialize, Serialize};
 
 /// `icp_config` as posted. Criteria apply only when `icp_gate` is `"apply"`.
@@ -42,6 +43,9 @@ impl IcpConfig {
                 ))
             }
         }
+        check_list("icp_config.industries", &self.industries)?;
+        check_list("icp_config.countries", &self.countries)?;
+        check_list("icp_config.keywords", &self.keywords)?;
         Ok(())
     }
 
@@ -84,6 +88,8 @@ impl ExecutionOptions {
                 ));
             }
         }
+        check_list("execution_options.target_titles", &self.target_titles)?;
+        check_list("execution_options.seniorities", &self.seniorities)?;
         for s in &self.seniorities {
             if discovery::seniority_rank(s).is_none() {
                 return Err(format!(
@@ -210,6 +216,35 @@ mod tests {
             ..Default::default()
         };
         assert!(icp.validate().unwrap_err().contains("maybe"));
+    }
+
+    #[test]
+    fn list_options_past_their_count_limit_are_refused() {
+        let many = vec!["saas".to_owned(); crate::domain::input::MAX_LIST_ITEMS + 1];
+        let icp = IcpConfig {
+            keywords: many.clone(),
+            ..Default::default()
+        };
+        assert!(icp
+            .validate()
+            .unwrap_err()
+            .starts_with("icp_config.keywords: 101 items"));
+        let icp = IcpConfig {
+            industries: many.clone(),
+            ..Default::default()
+        };
+        assert!(icp
+            .validate()
+            .unwrap_err()
+            .starts_with("icp_config.industries: 101 items"));
+        let o = ExecutionOptions {
+            target_titles: many,
+            ..Default::default()
+        };
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .starts_with("execution_options.target_titles: 101 items"));
     }
 
     #[test]
