@@ -326,6 +326,7 @@ pub async fn create_job(
         }
     }
     tracing::info!(job_id = %job.job_id, correlation_id = %correlation, "job created");
+    crash_after_commit_if_testing();
     // The fast path; if it fails the outbox relay publishes the command a few seconds later.
     let exchange = state.publisher.topology().commands_exchange();
     match state
@@ -351,6 +352,20 @@ pub async fn create_job(
         }
     }
     Ok(accepted(out, job.job_id.0, false, &correlation))
+}
+
+/// Test-only fault injection: with `BDJOBS_TEST_CRASH_AFTER_COMMIT=1` in its environment the
+/// process aborts right after a job's commit and before its publish, the one moment a crash
+/// leaves the command only in the outbox (`tests/faults.rs` proves the relay then publishes it).
+/// Never set it in a deployment: every POST would kill the API.
+fn crash_after_commit_if_testing() {
+    static CRASH: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        std::env::var("BDJOBS_TEST_CRASH_AFTER_COMMIT").is_ok_and(|v| v == "1")
+    });
+    if *CRASH {
+        eprintln!("BDJOBS_TEST_CRASH_AFTER_COMMIT: aborting between commit and publish");
+        std::process::abort();
+    }
 }
 
 pub async fn get_job(

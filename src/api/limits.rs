@@ -68,6 +68,16 @@ impl RateLimiter {
         }
     }
 
+    /// This process's share of the deployment's limits: buckets are per process, so with N API
+    /// replicas each allows 1/N of the rate and of the burst (at least one request).
+    pub fn for_replica(limits: &ApiLimits) -> Self {
+        let replicas = limits.api_replicas.max(1);
+        Self::new(
+            limits.rate_limit_per_sec / f64::from(replicas),
+            limits.rate_limit_burst.div_ceil(replicas),
+        )
+    }
+
     /// Counts a request of `key`; `Err(retry_after)` when it is over its rate.
     pub fn check(&self, key: Uuid, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
@@ -146,7 +156,7 @@ impl Guard {
     pub fn new(limits: &ApiLimits) -> Self {
         Self {
             limits: limits.clone(),
-            rate: RateLimiter::new(limits.rate_limit_per_sec, limits.rate_limit_burst),
+            rate: RateLimiter::for_replica(limits),
             in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
             streams: Arc::new(Semaphore::new(limits.max_event_streams.max(1))),
             streams_per_key: PerKey::new(limits.max_event_streams_per_key),
@@ -245,6 +255,23 @@ mod tests {
         );
         drop(first);
         assert!(per_key.try_acquire(a).is_some());
+    }
+
+    #[test]
+    fn each_of_three_replicas_allows_a_third_of_the_rate_and_burst() {
+        let limits = ApiLimits {
+            rate_limit_per_sec: 30.0,
+            rate_limit_burst: 9,
+            api_replicas: 3,
+            ..ApiLimits::DEFAULT
+        };
+        let limiter = RateLimiter::for_replica(&limits);
+        let (key, now) = (Uuid::nil(), Instant::now());
+        for _ in 0..3 {
+            assert!(limiter.check(key, now).is_ok());
+        }
+        // A third of 30/s: the next token comes in 100 ms.
+        assert_eq!(limiter.check(key, now), Err(Duration::from_millis(100)));
     }
 
     #[test]
