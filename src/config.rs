@@ -195,8 +195,8 @@ pub struct Config {
     #[arg(long, env = "BDJOBS_DB_POOL_SIZE", default_value_t = 16, global = true)]
     pub db_pool_size: usize,
 
-    /// A job still running after this many seconds fails. Keep it below RabbitMQ's
-    /// consumer_timeout (30 min by default), or the broker takes the job away mid-run.
+    /// A job that reports no progress for this many seconds fails (a no-progress timeout: a
+    /// long job that keeps moving is never failed for being long).
     #[arg(
         long,
         env = "BDJOBS_JOB_TIMEOUT_SECS",
@@ -204,6 +204,24 @@ pub struct Config {
         global = true
     )]
     pub job_timeout_secs: u64,
+
+    /// Jobs with more records (companies and contacts) than this run in chunks of at most this
+    /// many, which any worker may take: a crash redoes one chunk, progress moves per chunk.
+    #[arg(long, env = "BDJOBS_CHUNK_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub chunk_size: u64,
+
+    /// The largest message a process publishes, in bytes: set it to the broker's
+    /// max_message_size or lower. Payloads over a quarter of it (a big job's input, a
+    /// completion's contacts) travel through the asset store and the message carries a
+    /// reference.
+    #[arg(
+        long,
+        env = "BDJOBS_MAX_MESSAGE_BYTES",
+        default_value_t = 1_048_576,
+        value_parser = clap::value_parser!(u64).range(4096..),
+        global = true
+    )]
+    pub max_message_bytes: u64,
 
     /// Least milliseconds between two progress events of one run; reports in between are
     /// dropped (the next one sent carries the latest), and a run that ends sooner sends none.

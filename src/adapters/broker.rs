@@ -2,7 +2,8 @@
 //! reconnects on its own, and helpers for consumers.
 //!
 //! Topology (`NS` = `BDJOBS_NAMESPACE`), all durable:
-//! - `NS.commands` (direct) → quorum queue `NS.jobs` (key `job.run`), consumed by workers;
+//! - `NS.commands` (direct) → quorum queue `NS.jobs` (keys `job.run`, `job.run_chunk`), consumed
+//!   by workers;
 //! - `NS.events` (topic) → quorum queue `NS.projector` (key `job.#`), consumed by projectors;
 //! - `NS.dlx` (fanout) → quorum queue `NS.dead`: what the two queues dead-letter, either after
 //!   `DELIVERY_LIMIT` redeliveries or because a consumer rejected it as malformed.
@@ -40,6 +41,17 @@ pub enum BrokerError {
     Unroutable(String),
     #[error("broker did not confirm within {0:?}")]
     ConfirmTimeout(Duration),
+    /// A claim-checked payload could not be stored or read back; storage may come back.
+    #[error("object storage for a claim-checked payload: {0}")]
+    ClaimStore(String),
+    /// Refused before sending: the broker would close the channel on it, and no later try
+    /// could succeed. Bulky payloads go through object storage instead (claim checks).
+    #[error("a {kind} message of {size} bytes exceeds the {limit}-byte message limit")]
+    TooLarge {
+        kind: String,
+        size: usize,
+        limit: usize,
+    },
     #[error("invalid AMQP_URL: {0}")]
     Config(String),
     #[error("no broker node answered ({0})")]
@@ -49,7 +61,10 @@ pub enum BrokerError {
 impl crate::adapters::Retryable for BrokerError {
     /// Everything but an unroutable message can succeed on a later try (after a reconnect).
     fn is_retryable(&self) -> bool {
-        !matches!(self, BrokerError::Unroutable(_) | BrokerError::Config(_))
+        !matches!(
+            self,
+            BrokerError::Unroutable(_) | BrokerError::Config(_) | BrokerError::TooLarge { .. }
+        )
     }
 }
 
@@ -153,6 +168,8 @@ pub struct Topology {
 
 /// The routing key of `job.run` commands.
 pub const RUN_JOB_KEY: &str = crate::domain::messages::kinds::RUN;
+/// Chunks of a split job go to the same queue as whole jobs: any worker runs either.
+pub const RUN_CHUNK_KEY: &str = crate::domain::messages::kinds::RUN_CHUNK;
 
 impl Topology {
     pub fn new(namespace: &str) -> Self {
@@ -231,6 +248,12 @@ impl Topology {
                 self.jobs_queue(),
                 self.commands_exchange(),
                 RUN_JOB_KEY,
+                true,
+            ),
+            (
+                self.jobs_queue(),
+                self.commands_exchange(),
+                RUN_CHUNK_KEY,
                 true,
             ),
             (
@@ -445,6 +468,7 @@ pub struct Publisher {
     topology: Topology,
     state: Mutex<Option<(Connection, Channel)>>,
     confirm_timeout: Duration,
+    max_message_bytes: usize,
 }
 
 impl Publisher {
@@ -455,7 +479,19 @@ impl Publisher {
             topology,
             state: Mutex::new(None),
             confirm_timeout: Duration::from_secs(15),
+            max_message_bytes: crate::adapters::claims::DEFAULT_MAX_MESSAGE_BYTES,
         }
+    }
+
+    /// The largest body this publisher sends (`BDJOBS_MAX_MESSAGE_BYTES`); a larger one is
+    /// refused with [`BrokerError::TooLarge`] before it reaches the broker.
+    pub fn with_max_message_bytes(mut self, limit: usize) -> Self {
+        self.max_message_bytes = limit;
+        self
+    }
+
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
     }
 
     async fn channel(&self) -> Result<Channel, BrokerError> {
@@ -509,6 +545,7 @@ impl Publisher {
     }
 
     async fn send(&self, msg: &Outgoing<'_>) -> Result<lapin::PublisherConfirm, BrokerError> {
+        check_size(msg, self.max_message_bytes)?;
         let ch = self.channel().await?;
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
@@ -586,6 +623,17 @@ impl Publisher {
         let _ = conn_channel.close(200, "done".into()).await;
         Ok(out)
     }
+}
+
+fn check_size(msg: &Outgoing<'_>, limit: usize) -> Result<(), BrokerError> {
+    if msg.body.len() > limit {
+        return Err(BrokerError::TooLarge {
+            kind: msg.kind.to_owned(),
+            size: msg.body.len(),
+            limit,
+        });
+    }
+    Ok(())
 }
 
 /// The broker's confirm of one publish, still to come.

@@ -7,6 +7,7 @@ use super::render::{job_json, ts, Rendered};
 use super::upload::JobRequest;
 use super::AppState;
 use crate::adapters::broker::{Outgoing, RUN_JOB_KEY};
+use crate::adapters::claims::Claims;
 use crate::adapters::{db, storage};
 use crate::domain::ids::{AssetId, JobId};
 use crate::domain::input::{Origins, RawInput};
@@ -308,7 +309,16 @@ pub async fn create_job(
         icp_config,
         execution_options: body.execution_options.clone().unwrap_or_default(),
     };
-    let command = run_job_command(&job, &run, now);
+    // A big job's input goes to the asset store before anything is committed: the command the
+    // outbox holds and the broker carries is then small whatever the job's size.
+    let claims = Claims::new(state.storage.clone(), state.publisher.max_message_bytes());
+    let (command, body_bytes) = claims
+        .seal(run_job_command(&job, &run, now))
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "could not store a big job's input");
+            ApiError::Unavailable("the asset store is unavailable; retry later")
+        })?;
     let out = CreatedBody {
         job_id: job.job_id,
         status: "pending",
@@ -351,7 +361,6 @@ pub async fn create_job(
     tracing::info!(job_id = %job.job_id, correlation_id = %correlation, "job created");
     crash_after_commit_if_testing();
     // The fast path; if it fails the outbox relay publishes the command a few seconds later.
-    let body_bytes = serde_json::to_vec(&command).expect("envelopes serialise");
     let exchange = state.publisher.topology().commands_exchange();
     match state
         .publisher

@@ -104,6 +104,23 @@ pub async fn events_of_job(
     .collect()
 }
 
+/// A job's `job.chunk_completed` events as recorded, for the worker deciding whether a chunked
+/// job is complete.
+pub async fn chunk_reports(pool: &Pool, job: JobId) -> Result<Vec<RawEnvelope>, DbError> {
+    let client = pool.get().await?;
+    client
+        .query(
+            "SELECT envelope FROM events WHERE job_id = $1 AND type = 'job.chunk_completed' ORDER BY id",
+            &[&job.0],
+        )
+        .await?
+        .into_iter()
+        .map(|r| {
+            serde_json::from_value(r.get(0)).map_err(|e| DbError::Corrupt(format!("event: {e}")))
+        })
+        .collect()
+}
+
 /// What creating a job writes: its `job.created` event, its view and its `job.run` command
 /// (with the routing key and correlation id it is to be published with).
 pub struct NewJob<'a> {
