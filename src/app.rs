@@ -9,7 +9,7 @@ use crate::api::{self, AppState};
 use crate::config::{Config, Switch, PLACEHOLDER_HELO, PLACEHOLDER_MAIL_FROM};
 use crate::projector::{self, ProjectorConfig};
 use crate::worker::pipeline::Sources;
-use crate::worker::sources::{Patient, PgCancelSignal, PgDirectory};
+use crate::worker::sources::{Patient, PgCancelSignal, PgChunkLog, PgDirectory};
 use crate::worker::verify::VerifySettings;
 use crate::worker::{self, WorkerConfig};
 use anyhow::Context;
@@ -44,6 +44,10 @@ pub fn connect_db(config: &Config) -> anyhow::Result<Pool> {
     db::pool(&config.database_url, config.db_pool_size).context("invalid DATABASE_URL")
 }
 
+pub fn max_message_bytes(config: &Config) -> usize {
+    usize::try_from(config.max_message_bytes).unwrap_or(usize::MAX)
+}
+
 pub fn topology(config: &Config) -> Topology {
     Topology::new(&config.namespace)
 }
@@ -58,8 +62,16 @@ pub fn sources(config: &Config, pool: &Pool) -> anyhow::Result<Sources> {
         inner: PgDirectory(pool.clone()),
         patience: Duration::from_secs(60),
     };
+    let chunk_log = PgChunkLog {
+        pool: pool.clone(),
+        storage: config.storage()?,
+    };
     let mut sources = Sources::new(Arc::new(directory), Arc::new(dns))
         .with_cancel(Arc::new(PgCancelSignal(pool.clone())))
+        .with_chunks(
+            usize::try_from(config.chunk_size).unwrap_or(usize::MAX),
+            Arc::new(chunk_log),
+        )
         .with_job_timeout(Duration::from_secs(config.job_timeout_secs.max(1)))
         .with_progress_every(Duration::from_millis(config.progress_every_ms));
     if config.smtp_probe == Switch::On {
@@ -104,11 +116,10 @@ pub async fn run_api(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let storage = config.storage()?;
-    let publisher = Arc::new(Publisher::new(
-        &config.amqp_url,
-        &process_name("api"),
-        topology(config),
-    ));
+    let publisher = Arc::new(
+        Publisher::new(&config.amqp_url, &process_name("api"), topology(config))
+            .with_max_message_bytes(max_message_bytes(config)),
+    );
     let state = AppState::new(pool, storage, publisher, &config.api);
     api::serve(listener, state, shutdown).await
 }
@@ -125,6 +136,8 @@ pub async fn run_worker(
         concurrency: config.worker_concurrency.max(1),
         name: process_name("worker"),
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+        storage: config.storage()?,
+        max_message_bytes: max_message_bytes(config),
     };
     worker::run(wc, sources, pool, shutdown).await
 }

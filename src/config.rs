@@ -30,6 +30,9 @@ pub enum Switch {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Postgres connection URL. The database is created if missing by `migrate`, `all` and `demo`.
+    /// For a primary with standbys use libpq's multi-host form,
+    /// `postgres://h1:5432,h2:5432/bdjobs?target_session_attrs=read-write`: connections go to
+    /// whichever host accepts writes, and move when it fails over.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -39,12 +42,15 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// RabbitMQ connection URL.
+    /// RabbitMQ connection URL, or the comma-separated URLs of a cluster's nodes (a list in the
+    /// config file): a process connects to the first that answers, in an order shuffled per
+    /// process, and to the next one when its node is lost.
     #[arg(
         long,
         env = "AMQP_URL",
         hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        value_parser = amqp_urls,
         global = true
     )]
     pub amqp_url: String,
@@ -189,8 +195,8 @@ pub struct Config {
     #[arg(long, env = "BDJOBS_DB_POOL_SIZE", default_value_t = 16, global = true)]
     pub db_pool_size: usize,
 
-    /// A job still running after this many seconds fails. Keep it below RabbitMQ's
-    /// consumer_timeout (30 min by default), or the broker takes the job away mid-run.
+    /// A job that reports no progress for this many seconds fails (a no-progress timeout: a
+    /// long job that keeps moving is never failed for being long).
     #[arg(
         long,
         env = "BDJOBS_JOB_TIMEOUT_SECS",
@@ -198,6 +204,24 @@ pub struct Config {
         global = true
     )]
     pub job_timeout_secs: u64,
+
+    /// Jobs with more records (companies and contacts) than this run in chunks of at most this
+    /// many, which any worker may take: a crash redoes one chunk, progress moves per chunk.
+    #[arg(long, env = "BDJOBS_CHUNK_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub chunk_size: u64,
+
+    /// The largest message a process publishes, in bytes: set it to the broker's
+    /// max_message_size or lower. Payloads over a quarter of it (a big job's input, a
+    /// completion's contacts) travel through the asset store and the message carries a
+    /// reference.
+    #[arg(
+        long,
+        env = "BDJOBS_MAX_MESSAGE_BYTES",
+        default_value_t = 1_048_576,
+        value_parser = clap::value_parser!(u64).range(4096..),
+        global = true
+    )]
+    pub max_message_bytes: u64,
 
     /// Least milliseconds between two progress events of one run; reports in between are
     /// dropped (the next one sent carries the latest), and a run that ends sooner sends none.
@@ -258,6 +282,17 @@ pub struct Config {
     pub api: ApiLimits,
 }
 
+/// Checks a broker setting (one node URL or a comma-separated list) and gives it back as a
+/// comma-separated list without blanks.
+fn amqp_urls(value: &str) -> Result<String, String> {
+    crate::adapters::broker::parse_urls(value)
+        .map(|urls| urls.join(","))
+        .map_err(|e| e.to_string())
+}
+
+/// Settings that take a list; the config file may give them as a TOML array of strings.
+const LIST_KEYS: [&str; 1] = ["amqp_url"];
+
 // --- API limits (issue 6) -------------------------------------------------------------------
 // Kept in a block of their own: the API reads nothing else from here but the listen address.
 
@@ -305,6 +340,12 @@ pub struct ApiLimits {
     #[arg(long, env = "BDJOBS_RATE_LIMIT_BURST", default_value_t = ApiLimits::DEFAULT.rate_limit_burst, global = true)]
     pub rate_limit_burst: u32,
 
+    /// How many API processes serve this deployment. Each keeps its own rate-limit buckets and
+    /// allows 1/N of the rate and burst above, so that N replicas behind a balancer allow a key
+    /// the configured totals (exactly so when the balancer spreads a key's requests evenly).
+    #[arg(long, env = "BDJOBS_API_REPLICAS", default_value_t = ApiLimits::DEFAULT.api_replicas, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub api_replicas: u32,
+
     /// Seconds an API process trusts a key it has checked before asking the database again:
     /// also how long a revoked key may still work. 0 checks every request.
     #[arg(long, env = "BDJOBS_KEY_CACHE_SECS", default_value_t = ApiLimits::DEFAULT.key_cache_secs, global = true)]
@@ -328,6 +369,7 @@ impl ApiLimits {
         event_stream_max_secs: 3600,
         rate_limit_per_sec: 20.0,
         rate_limit_burst: 100,
+        api_replicas: 1,
         key_cache_secs: 5,
         view_cache_ms: 1000,
     };
@@ -536,6 +578,21 @@ pub fn parse_file(path: &Path, text: &str) -> Result<BTreeMap<String, String>, C
             toml::Value::Integer(n) => n.to_string(),
             toml::Value::Float(x) => x.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) if LIST_KEYS.contains(&key.as_str()) => {
+                let mut parts = Vec::new();
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => parts.push(s),
+                        other => {
+                            return Err(bad(format!(
+                                "must be a list of strings, not of {}",
+                                other.type_str()
+                            )))
+                        }
+                    }
+                }
+                parts.join(",")
+            }
             other => {
                 return Err(bad(format!(
                     "must be a string or a number, not {}",
@@ -629,15 +686,71 @@ fn settings(
 
 /// A value fit to print: passwords are masked wherever a connection string can hold one (a
 /// URL's userinfo, a `?password=` query parameter, a libpq `key=value` string's `password=`),
-/// and so is the whole value of a setting whose name says it is a secret.
+/// and so is the whole value of a setting whose name says it is a secret. Handles lists of URLs
+/// (`AMQP_URL`) and libpq's multi-host URLs (`postgres://u:pw@h1:5432,h2:5432/db`), which no
+/// URL parser accepts, by masking each comma-separated part on its own.
 pub fn mask(key: &str, value: &str) -> String {
     if is_secret_name(key) {
         return MASK.to_owned();
     }
-    match url::Url::parse(value) {
-        Ok(url) => mask_url(url).unwrap_or_else(|| value.to_owned()),
-        Err(_) => mask_key_values(value),
+    if !value.contains("://") {
+        return mask_key_values(value);
     }
+    value
+        .split(',')
+        .map(|part| mask_query(&mask_userinfo(part)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `scheme://user:password@rest` with the password masked; anything else unchanged.
+fn mask_userinfo(part: &str) -> String {
+    let Some(scheme_end) = part.find("://").map(|i| i + 3) else {
+        return part.to_owned();
+    };
+    let rest = &part[scheme_end..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return part.to_owned();
+    };
+    let Some(colon) = authority[..at].find(':') else {
+        return part.to_owned();
+    };
+    format!(
+        "{}{}{MASK}{}",
+        &part[..scheme_end],
+        &authority[..=colon],
+        &rest[at..]
+    )
+}
+
+/// The part with the values of secret query parameters (`?password=...`, `&sslpassword=...`)
+/// masked; the rest is copied as written.
+fn mask_query(part: &str) -> String {
+    let Some(q) = part.find('?') else {
+        return part.to_owned();
+    };
+    let (head, query) = part.split_at(q + 1);
+    let (query, fragment) = match query.find('#') {
+        Some(f) => query.split_at(f),
+        None => (query, ""),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_name(&decode_name(k)) => format!("{k}={MASK}"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{head}{}{fragment}", pairs.join("&"))
+}
+
+/// A query parameter's name, percent-decoded, so `pass%77ord` is still recognised.
+fn decode_name(name: &str) -> String {
+    url::form_urlencoded::parse(format!("{name}=").as_bytes())
+        .next()
+        .map(|(k, _)| k.into_owned())
+        .unwrap_or_default()
 }
 
 const MASK: &str = "********";
@@ -647,31 +760,6 @@ const MASK: &str = "********";
 fn is_secret_name(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     name.contains("secret") || name.contains("password")
-}
-
-/// The URL with its secrets masked, or `None` when it holds none (and is printed as given).
-fn mask_url(mut url: url::Url) -> Option<String> {
-    let mut masked = false;
-    if url.password().is_some() {
-        let _ = url.set_password(Some(MASK));
-        masked = true;
-    }
-    if url.query_pairs().any(|(k, _)| is_secret_name(&k)) {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if is_secret_name(&k) {
-                    MASK.to_owned()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-        masked = true;
-    }
-    masked.then(|| url.to_string())
 }
 
 /// A libpq connection string (`host=db user=app password='s3 cret' dbname=x`) with the values
@@ -860,6 +948,36 @@ mod tests {
     }
 
     #[test]
+    fn the_broker_may_be_a_list_of_nodes_in_the_file_or_a_comma_separated_variable() {
+        let (_dir, path) = write(
+            "amqp_url = [\"amqp://g:g@127.0.0.1:5681/%2f\", \"amqp://g:g@127.0.0.1:5682/%2f\"]\n",
+        );
+        let loaded: Loaded<TestCli> = parse(args(&["--config", path.to_str().unwrap()])).unwrap();
+        assert_eq!(
+            loaded.cli.config.amqp_url,
+            "amqp://g:g@127.0.0.1:5681/%2f,amqp://g:g@127.0.0.1:5682/%2f"
+        );
+        let loaded: Loaded<TestCli> =
+            parse(args(&["--amqp-url", "amqp://n1/%2f , amqp://n2/%2f"])).unwrap();
+        assert_eq!(loaded.cli.config.amqp_url, "amqp://n1/%2f,amqp://n2/%2f");
+    }
+
+    #[test]
+    fn a_bad_node_in_the_broker_list_is_an_error_naming_the_key() {
+        let e = parse_file(
+            Path::new("x.toml"),
+            "amqp_url = [\"amqp://n1/%2f\", \"http://n2/\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`amqp_url` is invalid"), "{e}");
+        let e = parse_file(Path::new("x.toml"), "amqp_url = [1, 2]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("list of strings"), "{e}");
+    }
+
+    #[test]
     fn a_file_that_is_not_toml_is_a_syntax_error() {
         let e = parse_file(Path::new("x.toml"), "namespace = \n")
             .unwrap_err()
@@ -897,6 +1015,20 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/bdjobs"
         );
         assert_eq!(mask("aws_secret_access_key", "abc"), "********");
+        assert_eq!(
+            mask(
+                "amqp_url",
+                "amqp://u:p1@n1:5672/%2f,amqp://u:p2@n2:5673/%2f"
+            ),
+            "amqp://u:********@n1:5672/%2f,amqp://u:********@n2:5673/%2f"
+        );
+        assert_eq!(
+            mask(
+                "database_url",
+                "postgres://bd:pw@h1:5432,h2:5433/bdjobs?target_session_attrs=read-write"
+            ),
+            "postgres://bd:********@h1:5432,h2:5433/bdjobs?target_session_attrs=read-write"
+        );
         assert_eq!(mask("namespace", "bdjobs"), "bdjobs");
     }
 
@@ -914,7 +1046,15 @@ mod tests {
                 "database_url",
                 "postgres:///bdjobs?host=/run/pg&PassWord=x%20y"
             ),
-            "postgres:///bdjobs?host=%2Frun%2Fpg&PassWord=********"
+            "postgres:///bdjobs?host=/run/pg&PassWord=********"
+        );
+        // A multi-host URL is no URL to a parser; its query is masked all the same.
+        assert_eq!(
+            mask(
+                "database_url",
+                "postgres://h1:5432,h2:5433/bdjobs?pass%77ord=s3cret&target_session_attrs=read-write"
+            ),
+            "postgres://h1:5432,h2:5433/bdjobs?pass%77ord=********&target_session_attrs=read-write"
         );
     }
 

@@ -2,7 +2,7 @@
 //! runtime, and dispatches to the command's body in `bdjobs::cli` (one file a command).
 
 use bdjobs::cli::{self, dlq::DlqCommand, event_log::EventsCommand, import::DirectoryCommand};
-use bdjobs::cli::{keys::KeysCommand, watch::WatchArgs};
+use bdjobs::cli::{keys::KeysCommand, submit::SubmitArgs, watch::WatchArgs};
 use bdjobs::config::{self, Config, ConfigError, ConfigFile};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -36,6 +36,10 @@ enum Command {
         /// Folder holding directory.jsonl, demo-job.json and demo.zone.
         #[arg(long, default_value = "examples")]
         examples: PathBuf,
+        /// After the job, keep everything running on BDJOBS_LISTEN (127.0.0.1:8080) and print the
+        /// web console's URL and an API key to sign in with; stop with Ctrl-C.
+        #[arg(long)]
+        serve: bool,
     },
     /// Apply migrations, then run the API, a worker and a projector in one process.
     All,
@@ -60,6 +64,19 @@ enum Command {
     /// Follow a job's progress through the API's event stream, with a progress bar; exit 0 when
     /// it completes, 1 when it fails (its error printed), 2 when it is cancelled.
     Watch(WatchArgs),
+    /// Submit a CSV or JSON Lines file of contacts or companies as a job; with --wait follow it
+    /// with a progress bar, with --out also save its CSV deliverable.
+    #[command(
+        long_about = "Submit a CSV (header row) or JSON Lines file of contacts or companies as a job, \
+through the API (POST /api/v1/bd/jobs, multipart). Columns as in `directory import`: contacts have \
+first_name, last_name, full_name, title, email, company_name, company_domain, linkedin_url; \
+companies have domain, name, employee_count, industry, country, linkedin_url. Other columns are \
+ignored (the job warns). Problems are reported with their line numbers and nothing is submitted.\n\n\
+Without --wait, prints the job's id and exits 0. With --wait (or --out), follows the job with a \
+progress bar like `watch` and exits 0 when it completes, 1 when it fails (reason printed), 2 when \
+it is cancelled; --out FILE saves the completed job's CSV deliverable there."
+    )]
+    Submit(SubmitArgs),
     /// Manage the company and people directory the pipeline reads.
     Directory {
         #[command(subcommand)]
@@ -124,7 +141,7 @@ async fn dispatch(loaded: config::Loaded<Cli>) -> anyhow::Result<ExitCode> {
     let config: Config = loaded.cli.config;
     match loaded.cli.command {
         Command::Config => cli::config::run(&config, loaded.file.as_deref(), &loaded.settings),
-        Command::Demo { examples } => cli::demo::run(config, &examples).await,
+        Command::Demo { examples, serve } => cli::demo::run(config, &examples, serve).await,
         Command::All => cli::roles::all(&config).await,
         Command::Api => cli::roles::api(&config).await,
         Command::Worker => cli::roles::worker(&config).await,
@@ -133,6 +150,7 @@ async fn dispatch(loaded: config::Loaded<Cli>) -> anyhow::Result<ExitCode> {
         Command::Keys { command } => cli::keys::run(&config, command).await,
         Command::Dlq { command } => cli::dlq::run(&config, command).await,
         Command::Watch(args) => cli::watch::run(args).await,
+        Command::Submit(args) => cli::submit::run(args).await,
         Command::Directory { command } => cli::import::run(&config, command).await,
         Command::Replay { tenant, job } => cli::replay::run(&config, tenant, job).await,
         Command::Events { command } => cli::event_log::run(&config, command).await,

@@ -196,8 +196,22 @@ async fn assert_error(resp: reqwest::Response, status: u16, detail_has: &str) {
         .get("www-authenticate")
         .map(|v| v.to_str().unwrap().to_owned());
     let body: Value = resp.json().await.expect("error bodies are JSON");
-    assert_eq!(keys(&body), ["detail"], "{body}");
     let detail = body["detail"].as_str().unwrap();
+    match body.get("problems") {
+        // Invalid input also lists its problems one by one; `detail` joins them.
+        Some(problems) => {
+            assert_eq!(status, 422, "{body}");
+            assert_eq!(keys(&body), ["detail", "problems"], "{body}");
+            let joined: Vec<&str> = problems
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap())
+                .collect();
+            assert_eq!(joined.join("; "), detail);
+        }
+        None => assert_eq!(keys(&body), ["detail"], "{body}"),
+    }
     assert!(
         detail.contains(detail_has),
         "{detail:?} lacks {detail_has:?}"
@@ -458,4 +472,245 @@ async fn a_finished_jobs_answers_are_served_from_memory_for_the_view_cache_time(
         app.get_json(&key, &job_path).await["progress_message"],
         "changed"
     );
+}
+
+fn upload_form(job: &Value, part: &str, file_name: &str, data: &str) -> reqwest::multipart::Form {
+    reqwest::multipart::Form::new()
+        .part(
+            "job",
+            reqwest::multipart::Part::text(job.to_string())
+                .mime_str("application/json")
+                .unwrap(),
+        )
+        .part(
+            part.to_owned(),
+            reqwest::multipart::Part::text(data.to_owned()).file_name(file_name.to_owned()),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_upload_runs_like_the_same_records_sent_as_json_and_bad_lines_are_named() {
+    let app = TestApp::start("upload").await;
+    let key = app.res.key("acme").await;
+    let jobs = app.url("/api/v1/bd/jobs");
+    let post = |form: reqwest::multipart::Form, query: &'static str| {
+        app.http
+            .post(format!("{jobs}{query}"))
+            .bearer_auth(&key)
+            .multipart(form)
+            .send()
+    };
+    let preset = json!({"preset": "verify_existing_emails"});
+    let csv = "first_name,last_name,email,company_domain,notes\n\
+               Ada,Lovelace,ada@lumen.example,lumen.example,met at a fair\n\
+               Info,Desk,info@lumen.example,,\n";
+
+    // Problems name the file's lines and columns; a dry run and a real request agree.
+    let bad =
+        "email,company_domain\nada@lumen.example,lumen.example\n,\nbob@x.example,not a domain\n";
+    for query in ["?dry_run=true", ""] {
+        let resp = post(upload_form(&preset, "contacts", "people.csv", bad), query)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 422, "{query}");
+        let body: Value = resp.json().await.unwrap();
+        let problems = body["problems"].as_array().unwrap();
+        assert_eq!(problems.len(), 2, "{body}");
+        assert!(problems[0]
+            .as_str()
+            .unwrap()
+            .starts_with("people.csv line 3: needs an email or a name"));
+        assert!(problems[1]
+            .as_str()
+            .unwrap()
+            .starts_with("people.csv line 4, column company_domain: "));
+    }
+    let listed = app.get_json(&key, "/api/v1/bd/jobs").await;
+    assert_eq!(listed["jobs"], json!([]), "nothing was created");
+
+    // A dry run plans and warns, and creates nothing.
+    let resp = post(
+        upload_form(&preset, "contacts", "people.csv", csv),
+        "?dry_run=true",
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let check: Value = resp.json().await.unwrap();
+    assert_eq!(check["contacts"], 2);
+    assert_eq!(
+        check["requested_capabilities"],
+        json!(["email_verify", "deliverable_finalize"])
+    );
+    assert!(
+        check["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("people.csv: notes"),
+        "{check}"
+    );
+    assert_eq!(
+        app.get_json(&key, "/api/v1/bd/jobs").await["jobs"],
+        json!([])
+    );
+
+    // The upload and the same records as JSON deliver the same CSV.
+    let resp = post(upload_form(&preset, "contacts", "people.csv", csv), "")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let uploaded: Value = resp.json().await.unwrap();
+    let as_json = app
+        .post_job(
+            &key,
+            &json!({"preset": "verify_existing_emails", "input_assets": {"contacts": [
+                {"first_name": "Ada", "last_name": "Lovelace", "email": "ada@lumen.example", "company_domain": "lumen.example"},
+                {"first_name": "Info", "last_name": "Desk", "email": "info@lumen.example"}
+            ]}}),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let mut csvs = Vec::new();
+    for created in [&uploaded, &as_json] {
+        let id = created["job_id"].as_str().unwrap();
+        assert_eq!(
+            app.wait(&key, id).await.pop().unwrap()["status"],
+            "completed"
+        );
+        csvs.push(
+            app.get(
+                &key,
+                &format!("/api/v1/bd/jobs/{id}/assets/verified_contacts_csv"),
+            )
+            .await
+            .text()
+            .await
+            .unwrap(),
+        );
+    }
+    assert_eq!(csvs[0], csvs[1]);
+    assert!(csvs[0].contains("ada@lumen.example"));
+
+    // JSON Lines companies, and the JSON array the OpenAPI document shows.
+    let jsonl = "{\"domain\": \"lumen.example\", \"employee_count\": 40}\n\n{\"domain\": \"\"}\n";
+    let resp = post(
+        upload_form(
+            &json!({"preset": "full_pipeline"}),
+            "companies",
+            "c.jsonl",
+            jsonl,
+        ),
+        "?dry_run=true",
+    )
+    .await
+    .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["problems"],
+        json!(["c.jsonl line 3, column domain: required"])
+    );
+    let array = "[{\"email\": \"ada@lumen.example\"}, {\"email\": 7}]";
+    let resp = post(upload_form(&preset, "contacts", "", array), "?dry_run=true")
+        .await
+        .unwrap();
+    assert_error(resp, 422, "not a JSON array of contacts").await;
+
+    // The job part carries no records, and a file part is needed.
+    let with_records =
+        json!({"preset": "verify_existing_emails", "input_assets": {"contacts": []}});
+    let resp = post(upload_form(&with_records, "contacts", "a.csv", csv), "")
+        .await
+        .unwrap();
+    assert_error(resp, 422, "input_assets is not allowed here").await;
+    let resp = post(upload_form(&preset, "contact", "a.csv", csv), "")
+        .await
+        .unwrap();
+    assert_error(resp, 422, "unknown part \"contact\"").await;
+    let two_files = upload_form(&preset, "contacts", "a.csv", csv).part(
+        "companies",
+        reqwest::multipart::Part::text("domain\nlumen.example\n").file_name("b.csv"),
+    );
+    assert_error(post(two_files, "").await.unwrap(), 422, "one file part").await;
+    let only_job = reqwest::multipart::Form::new().text("job", preset.to_string());
+    assert_error(
+        post(only_job, "").await.unwrap(),
+        422,
+        "contacts or companies file part",
+    )
+    .await;
+    let resp = post(upload_form(&preset, "contacts", "a.csv", "email\n"), "")
+        .await
+        .unwrap();
+    assert_error(resp, 422, "a.csv: the file holds no records").await;
+    let resp = post(
+        upload_form(&preset, "contacts", "a.csv", csv),
+        "?dry_run=maybe",
+    )
+    .await
+    .unwrap();
+    assert_error(resp, 422, "dry_run").await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_found_by_id_or_part_of_it_by_chat_id_and_by_preset() {
+    let res = common::Resources::new("search").await;
+    let (base, shutdown) = common::api_only(&res).await;
+    let key = res.key("acme").await;
+    let chat = uuid::Uuid::new_v4();
+    let contact = json!({"contacts": [{"email": "ada@lumen.example"}]});
+    let a = common::create_job(
+        &base,
+        &key,
+        &json!({"preset": "verify_existing_emails", "input_assets": contact, "chat_id": chat}),
+    )
+    .await;
+    let b = common::create_job(
+        &base,
+        &key,
+        &json!({"requested_capabilities": ["email_verify"], "input_assets": contact}),
+    )
+    .await;
+    // Another tenant's job of the same preset is never found.
+    let other = res.key("globex").await;
+    common::create_job(
+        &base,
+        &other,
+        &json!({"preset": "verify_existing_emails", "input_assets": contact}),
+    )
+    .await;
+    let ids = |q: &str| {
+        let (base, key) = (base.clone(), key.clone());
+        let q = q.to_owned();
+        async move {
+            let body = common::get_json(&base, &key, &format!("/api/v1/bd/jobs?q={q}")).await;
+            body["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["job_id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let (a_id, b_id) = (a["job_id"].as_str().unwrap(), b["job_id"].as_str().unwrap());
+    assert_eq!(ids(a_id).await, [a_id]);
+    // v7 ids of jobs made together share their start: their ends tell them apart.
+    assert_eq!(ids(&a_id[24..].to_uppercase()).await, [a_id]);
+    assert_eq!(ids(&chat.to_string()).await, [a_id]);
+    assert_eq!(ids("verify_existing_emails").await, [a_id]);
+    assert_eq!(ids("full_pipeline").await, Vec::<String>::new());
+    assert_eq!(ids(&b_id[20..]).await, [b_id]);
+    let http = reqwest::Client::new();
+    for bad in ["abc", "zzzz", "full", "a%20b", &"a".repeat(37)] {
+        let resp = http
+            .get(format!("{base}/api/v1/bd/jobs?q={bad}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_error(resp, 422, "q: expected").await;
+    }
+    shutdown.cancel();
 }

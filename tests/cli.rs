@@ -1,10 +1,13 @@
 //! The binary as an operator meets it: settings from flags, environment and bdjobs.toml with
-//! their precedence, `bdjobs config` (sources shown, secrets masked), and the two log formats.
+//! their precedence, `bdjobs config` (sources shown, secrets masked), the two log formats, and
+//! `bdjobs submit` against every role running in the test.
+
+mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432";
+use common::PG;
 
 /// `bdjobs ARGS` in `dir`, with exactly the environment `env` (nothing inherited).
 fn bdjobs(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
@@ -402,4 +405,131 @@ fn every_command_explains_itself_with_help() {
             "{args:?}:\n{text}"
         );
     }
+}
+
+/// `bdjobs submit` against every role running in this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bdjobs_submit_posts_a_csv_follows_the_job_and_saves_its_csv() {
+    // A domain whose nameserver never answers keeps the second job running until cancelled.
+    let zone = common::demo_zone().slow("slow-a.test").slow("slow-b.test");
+    let app = common::TestApp::start_with(common::Resources::new("submit").await, zone).await;
+    let key = app.res.key("acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let contacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/contacts.csv");
+    let env = [("BDJOBS_API_KEY", key.as_str()), ("RUST_LOG", "warn")];
+    let run = |args: &[&str]| {
+        let mut all = vec!["submit", "--api", app.base.as_str()];
+        all.extend_from_slice(args);
+        let args: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+        let dir = dir.path().to_owned();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            bdjobs(&dir, &env, &args)
+        })
+    };
+
+    // --out waits for the end and saves the CSV deliverable, the API's asset byte for byte.
+    let out_file = dir.path().join("verified.csv");
+    let out = run(&[
+        contacts.to_str().unwrap(),
+        "--preset",
+        "verify_existing_emails",
+        "--out",
+        out_file.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let line = stdout(&out);
+    let job_id = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(line.contains("completed; wrote"), "{line}");
+    let asset = app
+        .get(
+            &key,
+            &format!("/api/v1/bd/jobs/{job_id}/assets/verified_contacts_csv"),
+        )
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out_file).unwrap(), asset.to_vec());
+
+    // A file with problems: each printed with its line, nothing submitted, exit 1.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "email,company_domain\n,\nbob@x.example,not a domain\n",
+    )
+    .unwrap();
+    let out = run(&[bad.to_str().unwrap(), "--preset", "verify_existing_emails"])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("422"), "{err}");
+    assert!(
+        err.contains("\n  bad.csv line 2: needs an email or a name"),
+        "{err}"
+    );
+    assert!(
+        err.contains("\n  bad.csv line 3, column company_domain"),
+        "{err}"
+    );
+    let listed = app.get_json(&key, "/api/v1/bd/jobs").await;
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+
+    // Without --wait: the id, at once. With --wait, a job cancelled meanwhile exits 2.
+    let slow = dir.path().join("slow.jsonl");
+    std::fs::write(
+        &slow,
+        "{\"full_name\": \"A\", \"email\": \"a@slow-a.test\"}\n{\"full_name\": \"B\", \"email\": \"b@slow-b.test\"}\n",
+    )
+    .unwrap();
+    let waiting = run(&[
+        slow.to_str().unwrap(),
+        "--capabilities",
+        "email_verify,linkedin_enrich",
+        "--wait",
+    ]);
+    let started = std::time::Instant::now();
+    let slow_id = loop {
+        let running = app.get_json(&key, "/api/v1/bd/jobs?status=running").await;
+        if let Some(id) = running["jobs"][0]["job_id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let resp = app
+        .http
+        .post(app.url(&format!("/api/v1/bd/jobs/{slow_id}/cancel")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let out = waiting.await.unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("job {slow_id} was cancelled")));
+
+    let out = run(&[
+        contacts.to_str().unwrap(),
+        "--preset",
+        "verify_existing_emails",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    app.stop().await;
 }

@@ -969,3 +969,139 @@ fn the_build_context_holds_the_sources_and_not_target_or_git() {
         }
     }
 }
+
+// ---- docker-compose.cluster.yml: the three-node broker ---------------------------------------
+
+/// docker-compose.cluster.yml with its anchors and merge keys applied.
+fn cluster_compose() -> BTreeMap<String, Value> {
+    let mut doc: Value = serde_yaml::from_str(&read("docker-compose.cluster.yml"))
+        .expect("docker-compose.cluster.yml is not valid YAML");
+    doc.apply_merge()
+        .expect("docker-compose.cluster.yml has a bad merge key");
+    services(&doc)
+}
+
+/// `(repository path, container path)` of every bind mount of a service.
+fn mounts(svc: &Value) -> Vec<(String, String)> {
+    svc["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            let s = v.as_str()?;
+            let mut parts = s.split(':');
+            Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+        })
+        .filter(|(source, _)| source.starts_with("./"))
+        .collect()
+}
+
+#[test]
+fn the_cluster_file_runs_three_clustered_brokers_that_find_each_other() {
+    let cluster = cluster_compose();
+    let brokers: BTreeMap<&String, &Value> = cluster
+        .iter()
+        .filter(|(_, svc)| {
+            svc["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("rabbitmq:"))
+        })
+        .collect();
+    assert_eq!(brokers.len(), 3, "three broker nodes");
+    assert!(
+        brokers.contains_key(&"rabbitmq".to_owned()),
+        "docker-compose.yml's broker is one of them"
+    );
+    let cookies: BTreeSet<String> = brokers
+        .values()
+        .map(|svc| env_of(svc)["RABBITMQ_ERLANG_COOKIE"].clone())
+        .collect();
+    assert_eq!(cookies.len(), 1, "the nodes must share one Erlang cookie");
+    let mut peers = BTreeSet::new();
+    for (name, svc) in &brokers {
+        assert_eq!(
+            svc["hostname"].as_str(),
+            Some(name.as_str()),
+            "`{name}` needs a fixed hostname: its node name and data hang on it"
+        );
+        let mounted = mounts(svc);
+        for file in ["./docker/rabbitmq.conf", "./docker/rabbitmq-cluster.conf"] {
+            let (_, target) = mounted
+                .iter()
+                .find(|(source, _)| source == file)
+                .unwrap_or_else(|| panic!("`{name}` does not mount {file}"));
+            assert!(target.starts_with("/etc/rabbitmq/conf.d/"), "{target}");
+            assert!(repo().join(file).exists(), "{file} is missing");
+        }
+        peers.insert(format!("rabbit@{name}"));
+    }
+    let conf = rabbitmq_conf(&read("docker/rabbitmq-cluster.conf"));
+    assert_eq!(
+        conf.get("cluster_formation.peer_discovery_backend")
+            .map(String::as_str),
+        Some("classic_config")
+    );
+    let listed: BTreeSet<String> = conf
+        .iter()
+        .filter(|(k, _)| k.starts_with("cluster_formation.classic_config.nodes."))
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(listed, peers, "the peers listed are the broker services");
+}
+
+#[test]
+fn the_cluster_file_gives_every_role_all_three_nodes_in_a_url_the_binary_accepts() {
+    let base = services(&compose());
+    let cluster = cluster_compose();
+    let hosts: BTreeSet<String> = cluster
+        .iter()
+        .filter(|(_, svc)| {
+            svc["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("rabbitmq:"))
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    let conf = rabbitmq_conf(&read("docker/rabbitmq.conf"));
+    let dir = tempfile::tempdir().unwrap();
+    for name in bdjobs_services(&base).keys() {
+        let overridden = env_of(
+            cluster
+                .get(name)
+                .unwrap_or_else(|| panic!("the cluster file leaves `{name}` on one node")),
+        );
+        let list = &overridden["AMQP_URL"];
+        let nodes = bdjobs::adapters::broker::parse_urls(list)
+            .unwrap_or_else(|e| panic!("`{name}`: the binary rejects AMQP_URL: {e}"));
+        let named: BTreeSet<String> = nodes
+            .iter()
+            .map(|n| {
+                let u = url(n);
+                assert_eq!(u.username(), conf["default_user"], "{n}");
+                assert_eq!(u.password(), Some(conf["default_pass"].as_str()), "{n}");
+                assert_eq!(u.port().unwrap_or(5672), 5672, "{n}");
+                u.host_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(named, hosts, "`{name}` should list every broker node once");
+        // The role's whole environment, as Compose merges the two files, through the binary.
+        let mut env = env_of(service(&base, name));
+        env.extend(overridden);
+        let out = Command::new(env!("CARGO_BIN_EXE_bdjobs"))
+            .current_dir(dir.path())
+            .env_clear()
+            .envs(&env)
+            .arg("config")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "`{name}`: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.starts_with("amqp_url")).unwrap();
+        assert!(line.ends_with("# env AMQP_URL"), "{line}");
+        assert_eq!(line.matches("********").count(), 3, "{line}");
+    }
+}

@@ -36,9 +36,9 @@ impl Tap {
         let conn = broker::connect(&res.config.amqp_url, "test-tap")
             .await
             .unwrap();
-        let ch = conn.create_channel().await.unwrap();
         let topology = res.topology();
-        topology.declare(&ch).await.unwrap();
+        topology.declare(&conn).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
         let queue = ch
             .queue_declare(
                 "".into(),

@@ -394,3 +394,61 @@ async fn a_dead_lettered_command_is_listed_and_redriven_to_completion() {
     shutdown.cancel();
     worker.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_created_before_the_group_size_existed_are_declared_as_they_are() {
+    use lapin::types::{AMQPValue, LongString};
+    let res = Resources::new("m_groupsize").await;
+    let topology = res.topology();
+    let conn = bdjobs::adapters::broker::connect(&res.config.amqp_url, "test-old-queue")
+        .await
+        .unwrap();
+    // The jobs queue as an earlier bdjobs created it: quorum, delivery limit, dead letters,
+    // and no x-quorum-initial-group-size.
+    let ch = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(bdjobs::adapters::broker::DELIVERY_LIMIT),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from(topology.dead_letter_exchange())),
+    );
+    ch.queue_declare(
+        topology.jobs_queue().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    // Twice: the fallback must not leave a closed channel behind for the next declaration.
+    topology
+        .declare(&conn)
+        .await
+        .expect("declared over the old queue");
+    topology.declare(&conn).await.expect("declared again");
+    // And the topology works: a command published to the old queue arrives.
+    let publisher = Publisher::new(&res.config.amqp_url, "test-old-queue", topology.clone());
+    publisher
+        .publish(Outgoing {
+            exchange: &topology.commands_exchange(),
+            routing_key: RUN_JOB_KEY,
+            message_id: &uuid::Uuid::new_v4().to_string(),
+            kind: RUN_JOB_KEY,
+            body: b"{}",
+            correlation_id: None,
+        })
+        .await
+        .expect("routed to the old queue");
+    let depths = publisher.queue_depths().await.unwrap();
+    assert_eq!(depths[0], (topology.jobs_queue(), 1));
+    let _ = conn.close(200, "done".into()).await;
+}

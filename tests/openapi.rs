@@ -351,7 +351,8 @@ fn the_bd_operations_document_the_statuses_their_handlers_return() {
         // an internal error; then each its own.
         let own: &[&str] = match (method.as_str(), path.as_str()) {
             ("post", p) if p.ends_with("/cancel") => &["202", "404", "409"],
-            ("post", _) => &["202", "400", "409", "413", "422"],
+            // 200: a dry run (`?dry_run=true`).
+            ("post", _) => &["200", "202", "400", "409", "413", "422"],
             ("get", "/api/v1/bd/jobs") => &["200", "422"],
             (_, p) if p.ends_with("{asset_id}") => &["200", "206", "304", "404", "416"],
             _ => &["200", "404"],

@@ -232,7 +232,7 @@ async fn check_stream(name: &str) {
 
     // The export holds each event once, in the order the log first recorded it.
     let mut out = Vec::new();
-    let n = event_log::export(&res.pool, &Scope::default(), &mut out, false)
+    let n = event_log::export(&res.pool, &store, &Scope::default(), &mut out, false)
         .await
         .unwrap();
     let exported: Vec<RawEnvelope> = String::from_utf8(out)
@@ -283,7 +283,7 @@ async fn check_stream(name: &str) {
     if got.view.status.is_terminal() {
         assert!(compacted.deleted > 0, "{name}: nothing compacted");
     }
-    let left = event_log::export(&res.pool, &Scope::default(), &mut Vec::new(), false)
+    let left = event_log::export(&res.pool, &store, &Scope::default(), &mut Vec::new(), false)
         .await
         .unwrap();
     assert_eq!(left, unique.len() as u64 - compacted.deleted, "{name}");
@@ -533,4 +533,61 @@ async fn compaction_spares_running_jobs_and_recent_events() {
     assert_eq!(kept, failed_progress - report.deleted as i64);
     assert!((1..=3).contains(&kept), "{kept} progress events kept");
     assert_eq!(progress_of(completed[0].job_id).await, running_progress);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_holding_a_claim_check_instead_of_a_payload_replays_and_exports_the_same() {
+    let res = Resources::new("rp_claim").await;
+    let store = storage::operator(&res.config.assets_location()).unwrap();
+    let stream = read_stream("completed");
+    let job = stream[0].clone();
+    import(&res.pool, &store, &fixture("completed.jsonl")).await;
+    let expected = answers(&res.pool, &store, &job).await;
+
+    // The log keeps payloads inline; rewrite the completion as a log written otherwise would
+    // hold it: a reference to the payload in the asset store.
+    let original = stream
+        .iter()
+        .find(|e| e.kind == "job.completed")
+        .unwrap()
+        .clone();
+    let mut checked = original.clone();
+    let (key, bytes) = checked.check_out();
+    storage::put(&store, &key, bytes).await.unwrap();
+    let client = res.pool.get().await.unwrap();
+    let rewritten = client
+        .execute(
+            "UPDATE events SET envelope = $1 WHERE message_id = $2",
+            &[
+                &serde_json::to_value(&checked).unwrap(),
+                &checked.message_id.0,
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rewritten, 1);
+
+    wipe_read_model(&res, &store).await;
+    replay::replay(&res.pool, &store, Scope::default(), false)
+        .await
+        .unwrap();
+    assert_eq!(answers(&res.pool, &store, &job).await, expected);
+
+    let mut out = Vec::new();
+    event_log::export(&res.pool, &store, &Scope::default(), &mut out, false)
+        .await
+        .unwrap();
+    let exported: Vec<RawEnvelope> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let completion = exported
+        .iter()
+        .find(|e| e.message_id == original.message_id)
+        .unwrap();
+    assert_eq!(
+        completion, &original,
+        "the export carries the payload itself"
+    );
 }

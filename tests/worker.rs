@@ -284,7 +284,7 @@ async fn a_dependency_outage_is_retried_until_the_last_attempt_then_fails_the_jo
 }
 
 #[tokio::test]
-async fn a_job_that_outlives_its_timeout_fails_and_names_the_stage() {
+async fn a_job_that_makes_no_progress_for_its_timeout_fails_and_names_the_stage() {
     let zone = StubZone::new().slow("hang.test");
     let dns = StubDns::start("127.0.0.1:0".parse().unwrap(), zone)
         .await
@@ -301,7 +301,7 @@ async fn a_job_that_outlives_its_timeout_fails_and_names_the_stage() {
     );
     let view = view_of(&job, &run.plan, &sink.0.lock().await);
     let error = view.error_message.unwrap();
-    assert!(error.contains("did not finish within"), "{error}");
+    assert!(error.contains("made no progress for 300ms"), "{error}");
     assert!(error.contains("email_verify"), "{error}");
 }
 
@@ -361,6 +361,88 @@ async fn a_cancelled_job_stops_at_a_stage_boundary_and_keeps_partial_results() {
     // Stopped before the first stage: only the client's own contacts, unverified.
     assert_eq!(result.summary.verified_emails, 0);
     assert_eq!(dns.queries(), 0);
+}
+
+#[tokio::test]
+async fn a_job_run_in_chunks_delivers_what_it_delivers_in_one_piece() {
+    let dns = StubDns::start("127.0.0.1:0".parse().unwrap(), common::demo_zone())
+        .await
+        .unwrap();
+    let whole = sources(&dns, Arc::new(sample_directory()), None).await;
+    let log = Arc::new(VecSink::default());
+    // One record a chunk: every domain of the demo job runs on its own.
+    let chunked = whole.clone().with_chunks(1, log.clone());
+    let (job, run) = (job(), demo_run());
+    let cmd = run_job_command(&job, &run, Utc::now());
+
+    let one_piece = VecSink::default();
+    assert_eq!(
+        process_one(&cmd, 1, &whole, &one_piece, "t").await.unwrap(),
+        Outcome::Completed
+    );
+    let expected = completed(&one_piece.0.lock().await);
+
+    assert_eq!(
+        process_one(&cmd, 1, &chunked, log.as_ref(), "t")
+            .await
+            .unwrap(),
+        Outcome::Split
+    );
+    let chunks: Vec<_> = log
+        .0
+        .lock()
+        .await
+        .iter()
+        .filter(|e| e.kind == "job.run_chunk")
+        .cloned()
+        .collect();
+    assert!(chunks.len() > 2, "{} chunks", chunks.len());
+    // Last chunk first, and the first one delivered twice (a redelivery after a crash).
+    let mut outcomes = Vec::new();
+    for c in chunks.iter().rev() {
+        outcomes.push(
+            process_one(c, 1, &chunked, log.as_ref(), "t")
+                .await
+                .unwrap(),
+        );
+    }
+    let reports = |events: &[bdjobs::domain::messages::RawEnvelope]| {
+        events
+            .iter()
+            .filter(|e| e.kind == "job.chunk_completed")
+            .count()
+    };
+    let before = reports(&log.0.lock().await);
+    process_one(&chunks[0], 2, &chunked, log.as_ref(), "t")
+        .await
+        .unwrap();
+    assert_eq!(
+        reports(&log.0.lock().await),
+        before,
+        "a recorded chunk is not run again"
+    );
+    assert_eq!(outcomes.pop(), Some(Outcome::Completed));
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::ChunkDone),
+        "{outcomes:?}"
+    );
+
+    let events = log.0.lock().await.clone();
+    let done: Vec<_> = events
+        .iter()
+        .filter_map(|e| match EventRecord::from_raw(e).ok()?.event {
+            Event::Completed(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done[0], expected, "assembled like the job run whole");
+    let events: Vec<_> = events
+        .into_iter()
+        .filter(|e| e.kind != "job.run_chunk")
+        .collect();
+    let view = view_of(&job, &run.plan, &events);
+    assert_eq!(view.status, JobStatus::Completed);
+    assert_eq!(view.chunks_done.len(), chunks.len());
 }
 
 #[tokio::test]

@@ -103,8 +103,7 @@ impl Env {
     /// Declares the namespace's exchanges and queues.
     pub async fn declare(&self) -> anyhow::Result<()> {
         let conn = broker::connect(&self.config.amqp_url, "bench-declare").await?;
-        let ch = conn.create_channel().await?;
-        self.topology().declare(&ch).await?;
+        self.topology().declare(&conn).await?;
         conn.close(200, "declared".into()).await?;
         Ok(())
     }

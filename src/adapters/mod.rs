@@ -3,6 +3,7 @@
 //! retrying can help ([`Retryable`]).
 
 pub mod broker;
+pub mod claims;
 pub mod db;
 pub mod dns;
 pub mod dns_stub;

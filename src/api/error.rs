@@ -20,6 +20,11 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Unprocessable(String),
+    /// Input that fails validation, one problem per entry (each naming its JSON path, or its
+    /// file's line and column): 422 with the problems joined in `detail` and listed in
+    /// `problems`, so that a form can show them one per line.
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
     #[error("{0}")]
     Unavailable(&'static str),
     /// Over a capacity limit (requests in flight, event streams) or past the request deadline.
@@ -82,7 +87,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unprocessable(_) | ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests(_) | ApiError::TooManyStreams(_) => {
@@ -104,7 +109,13 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut resp = (status, Json(serde_json::json!({ "detail": detail }))).into_response();
+        let body = match &self {
+            ApiError::Invalid(problems) => {
+                serde_json::json!({ "detail": detail, "problems": problems })
+            }
+            _ => serde_json::json!({ "detail": detail }),
+        };
+        let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

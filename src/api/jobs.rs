@@ -4,11 +4,13 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::range;
 use super::render::{job_json, ts, Rendered};
+use super::upload::JobRequest;
 use super::AppState;
 use crate::adapters::broker::{Outgoing, RUN_JOB_KEY};
+use crate::adapters::claims::Claims;
 use crate::adapters::{db, storage};
 use crate::domain::ids::{AssetId, JobId};
-use crate::domain::input::RawInput;
+use crate::domain::input::{Origins, RawInput};
 use crate::domain::job::{JobStatus, JobView};
 use crate::domain::messages::{
     run_job_command, Created, Event, EventRecord, JobRef, Position, RunJob,
@@ -125,6 +127,8 @@ pub struct CreatedBody {
 
 fn validate(
     body: &CreateJob,
+    origins: Origins<'_>,
+    file_problems: Vec<String>,
 ) -> Result<(crate::domain::plan::Plan, crate::domain::input::JobInput), ApiError> {
     let request = match (&body.preset, &body.requested_capabilities) {
         (Some(_), Some(_)) => {
@@ -147,8 +151,8 @@ fn validate(
     let plan = plan(request).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let input = body
         .input_assets
-        .validate()
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+        .validate_from(origins, file_problems)
+        .map_err(|e| ApiError::Invalid(e.problems))?;
     if let Some(icp) = &body.icp_config {
         icp.validate().map_err(ApiError::Unprocessable)?;
     }
@@ -227,30 +231,60 @@ fn replay(
     Ok(accepted(stored.response, stored.job_id, true, correlation))
 }
 
+/// `?dry_run=true` on `POST /bd/jobs`: validate and plan, create nothing.
+fn dry_run(params: &[(String, String)]) -> Result<bool, ApiError> {
+    let mut dry = false;
+    for (name, value) in params {
+        if name == "dry_run" {
+            dry = match value.as_str() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(ApiError::Unprocessable(
+                        "dry_run: expected true or false".to_owned(),
+                    ))
+                }
+            };
+        }
+    }
+    Ok(dry)
+}
+
 pub async fn create_job(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    ApiJson(body, body_hash): ApiJson<CreateJob>,
+    Query(params): Query<Vec<(String, String)>>,
+    request: JobRequest,
 ) -> Result<Response, ApiError> {
     let correlation = correlation_id(&headers);
+    let dry = dry_run(&params)?;
     let idem_key = idempotency_key(&headers)?;
+    let (origins, body_hash) = (request.origins(), request.hash);
+    let body = &request.body;
+    if dry {
+        let (plan, input) = validate(body, origins, request.file_problems.clone())?;
+        let warnings = job_warnings(body, &plan, &input, &request.ignored_columns);
+        return Ok(Json(json!({
+            "valid": true,
+            "preset": plan.preset.map(|p| p.as_str()),
+            "requested_capabilities": plan.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+            "companies": input.companies.len(),
+            "contacts": input.contacts.len(),
+            "warnings": warnings,
+        }))
+        .into_response());
+    }
     if let Some(key) = &idem_key {
         // The common repeat (a client retrying after a lost answer) is answered without planning.
         if let Some(stored) = db::idempotency::find(&state.pool, &caller.0, key).await? {
             return replay(stored, &body_hash, &correlation);
         }
     }
-    let (plan, input) = validate(&body)?;
-    let icp_config = body.icp_config.unwrap_or_default();
-    let shape = InputShape {
-        companies: input.companies.len(),
-        contacts: input.contacts.len(),
-        contacts_without_email: input.contacts.iter().filter(|c| c.email.is_none()).count(),
-        icp_gate_applied: icp_config.applies(),
-    };
-    let mut warnings = planning_warnings(&plan, shape);
-    warnings.extend(icp_config.range_warning());
+    let (plan, input) = validate(body, origins, request.file_problems.clone())?;
+    let warnings = job_warnings(body, &plan, &input, &request.ignored_columns);
+    let icp_config = body.icp_config.clone().unwrap_or_default();
+    let shape = input_shape(&input, &icp_config);
     let job = JobRef {
         job_id: JobId::new(),
         tenant: caller.0.clone(),
@@ -273,9 +307,18 @@ pub async fn create_job(
         plan,
         input,
         icp_config,
-        execution_options: body.execution_options.unwrap_or_default(),
+        execution_options: body.execution_options.clone().unwrap_or_default(),
     };
-    let command = run_job_command(&job, &run, now);
+    // A big job's input goes to the asset store before anything is committed: the command the
+    // outbox holds and the broker carries is then small whatever the job's size.
+    let claims = Claims::new(state.storage.clone(), state.publisher.max_message_bytes());
+    let (command, body_bytes) = claims
+        .seal(run_job_command(&job, &run, now))
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "could not store a big job's input");
+            ApiError::Unavailable("the asset store is unavailable; retry later")
+        })?;
     let out = CreatedBody {
         job_id: job.job_id,
         status: "pending",
@@ -316,8 +359,8 @@ pub async fn create_job(
         }
     }
     tracing::info!(job_id = %job.job_id, correlation_id = %correlation, "job created");
+    crash_after_commit_if_testing();
     // The fast path; if it fails the outbox relay publishes the command a few seconds later.
-    let body_bytes = serde_json::to_vec(&command).expect("envelopes serialise");
     let exchange = state.publisher.topology().commands_exchange();
     match state
         .publisher
@@ -342,6 +385,49 @@ pub async fn create_job(
         }
     }
     Ok(accepted(out, job.job_id.0, false, &correlation))
+}
+
+fn input_shape(input: &crate::domain::input::JobInput, icp: &IcpConfig) -> InputShape {
+    InputShape {
+        companies: input.companies.len(),
+        contacts: input.contacts.len(),
+        contacts_without_email: input.contacts.iter().filter(|c| c.email.is_none()).count(),
+        icp_gate_applied: icp.applies(),
+    }
+}
+
+/// The warnings a new job starts with: the plan's, the ICP ranges', and the columns of an
+/// uploaded file that no field has (a typo in a header must not pass unnoticed).
+fn job_warnings(
+    body: &CreateJob,
+    plan: &crate::domain::plan::Plan,
+    input: &crate::domain::input::JobInput,
+    ignored_columns: &[String],
+) -> Vec<String> {
+    let icp = body.icp_config.clone().unwrap_or_default();
+    let mut warnings = planning_warnings(plan, input_shape(input, &icp));
+    warnings.extend(icp.range_warning());
+    if !ignored_columns.is_empty() {
+        warnings.push(format!(
+            "columns ignored (no job field has their name): {}",
+            ignored_columns.join(", ")
+        ));
+    }
+    warnings
+}
+
+/// Test-only fault injection: with `BDJOBS_TEST_CRASH_AFTER_COMMIT=1` in its environment the
+/// process aborts right after a job's commit and before its publish, the one moment a crash
+/// leaves the command only in the outbox (`tests/faults.rs` proves the relay then publishes it).
+/// Never set it in a deployment: every POST would kill the API.
+fn crash_after_commit_if_testing() {
+    static CRASH: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        std::env::var("BDJOBS_TEST_CRASH_AFTER_COMMIT").is_ok_and(|v| v == "1")
+    });
+    if *CRASH {
+        eprintln!("BDJOBS_TEST_CRASH_AFTER_COMMIT: aborting between commit and publish");
+        std::process::abort();
+    }
 }
 
 pub async fn get_job(
@@ -417,6 +503,25 @@ pub fn decode_cursor(s: &str) -> Option<db::jobs::ListCursor> {
     Some(db::jobs::ListCursor { created_at, job_id })
 }
 
+/// `q` of `GET /bd/jobs`: a job id or chat id (a UUID), a preset's name, or 4 or more
+/// consecutive characters of a job id.
+pub fn parse_search(q: &str) -> Result<db::jobs::Search, ApiError> {
+    if let Some(p) = crate::domain::plan::Preset::parse(q) {
+        return Ok(db::jobs::Search::Preset(p));
+    }
+    if (4..=36).contains(&q.len()) && q.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        let q = q.to_ascii_lowercase();
+        return Ok(match Uuid::try_parse(&q) {
+            Ok(id) if q.len() == 36 => db::jobs::Search::Id(id),
+            _ => db::jobs::Search::IdPart(q),
+        });
+    }
+    Err(ApiError::Unprocessable(
+        "q: expected a job id or chat_id (UUID), a preset name, or 4 or more consecutive characters of a job id"
+            .to_owned(),
+    ))
+}
+
 pub async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
@@ -425,6 +530,7 @@ pub async fn list_jobs(
     let mut limit = DEFAULT_PAGE;
     let mut status = None;
     let mut cursor = None;
+    let mut search = None;
     for (name, value) in &params {
         match name.as_str() {
             "limit" => {
@@ -448,6 +554,7 @@ pub async fn list_jobs(
                     )
                 })?)
             }
+            "q" => search = Some(parse_search(value)?),
             "cursor" => {
                 cursor = Some(decode_cursor(value).ok_or_else(|| {
                     ApiError::Unprocessable(
@@ -460,7 +567,15 @@ pub async fn list_jobs(
             _ => {}
         }
     }
-    let mut rows = db::jobs::list_views(&state.pool, &caller.0, status, cursor, limit + 1).await?;
+    let mut rows = db::jobs::list_views(
+        &state.pool,
+        &caller.0,
+        status,
+        search.as_ref(),
+        cursor,
+        limit + 1,
+    )
+    .await?;
     let next = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(|(_, c)| encode_cursor(c))

@@ -86,8 +86,9 @@ fn retry_after(rate: f64, wait: Duration) -> Duration {
     }
 }
 
-/// One budget per API key, in this process's memory: with N replicas behind a balancer a key
-/// gets up to N times the rate, which is the usual trade for needing no shared store.
+/// One budget per API key, in this process's memory, which is the usual trade for needing no
+/// shared store: with N replicas behind a balancer a key gets up to N times the rate, unless the
+/// deployment says N (`BDJOBS_API_REPLICAS`, [`RateLimiter::for_replica`]).
 pub struct RateLimiter<C: Clock = DefaultClock> {
     rate: f64,
     limiter:
@@ -103,6 +104,12 @@ impl RateLimiter {
     pub fn new(rate: f64, burst: u32) -> Self {
         Self::with_clock(rate, burst, DefaultClock::default())
     }
+
+    /// This process's share of the deployment's limits: budgets are per process, so with N API
+    /// replicas each allows 1/N of the rate and of the burst (at least one request).
+    pub fn for_replica(limits: &ApiLimits) -> Self {
+        Self::for_replica_with_clock(limits, DefaultClock::default())
+    }
 }
 
 impl<C: Clock + Clone> RateLimiter<C> {
@@ -117,6 +124,15 @@ impl<C: Clock + Clone> RateLimiter<C> {
             clock,
             calls: AtomicU64::new(0),
         }
+    }
+
+    pub fn for_replica_with_clock(limits: &ApiLimits, clock: C) -> Self {
+        let replicas = limits.api_replicas.max(1);
+        Self::with_clock(
+            limits.rate_limit_per_sec / f64::from(replicas),
+            limits.rate_limit_burst.div_ceil(replicas),
+            clock,
+        )
     }
 
     /// Counts a request of `key`; `Err(retry_after)` when it is over its rate.
@@ -197,7 +213,7 @@ impl Guard {
     pub fn new(limits: &ApiLimits) -> Self {
         Self {
             limits: limits.clone(),
-            rate: RateLimiter::new(limits.rate_limit_per_sec, limits.rate_limit_burst),
+            rate: RateLimiter::for_replica(limits),
             in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
             streams: Arc::new(Semaphore::new(limits.max_event_streams.max(1))),
             streams_per_key: PerKey::new(limits.max_event_streams_per_key),
@@ -322,6 +338,23 @@ mod tests {
         );
         drop(first);
         assert!(per_key.try_acquire(a).is_some());
+    }
+
+    #[test]
+    fn each_of_three_replicas_allows_a_third_of_the_rate_and_burst() {
+        let limits = ApiLimits {
+            rate_limit_per_sec: 30.0,
+            rate_limit_burst: 9,
+            api_replicas: 3,
+            ..ApiLimits::DEFAULT
+        };
+        let limiter = RateLimiter::for_replica_with_clock(&limits, FakeRelativeClock::default());
+        let key = Uuid::nil();
+        for _ in 0..3 {
+            assert!(limiter.check(key).is_ok());
+        }
+        // A third of 30/s: the next request is allowed in 100 ms.
+        assert_eq!(limiter.check(key), Err(Duration::from_millis(100)));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! builder rather than `axum::serve`, for the header-read timeout against slow clients.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod jobs;
@@ -10,6 +11,7 @@ pub mod limits;
 pub mod metrics;
 pub mod range;
 pub mod render;
+pub mod upload;
 pub mod view_cache;
 
 use crate::adapters::broker::Publisher;
@@ -142,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
+        .merge(console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Innermost first: the body limit, the panic net (so a panic still passes through the

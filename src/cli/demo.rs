@@ -3,7 +3,9 @@
 //! It migrates the database, imports `examples/directory.jsonl`, starts a DNS nameserver of its
 //! own on 127.0.0.1 (from `examples/demo.zone`, so not one query leaves loopback), runs every
 //! role, creates an API key, submits `examples/demo-job.json` over HTTP, draws a progress bar
-//! while it runs, then prints the result JSON and where the assets are stored.
+//! while it runs, then prints the result JSON and where the assets are stored. With `--serve`
+//! it listens on `BDJOBS_LISTEN` (127.0.0.1:8080) and keeps running after the job, printing the
+//! web console's URL and the key to sign in with, until Ctrl-C.
 
 use crate::adapters::dns_stub::{StubDns, StubZone};
 use crate::adapters::{db, progress};
@@ -19,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 /// How long the demo waits for its job before giving up.
 const DEADLINE: Duration = Duration::from_secs(120);
 
-pub async fn run(mut config: Config, examples: &Path) -> anyhow::Result<ExitCode> {
+pub async fn run(mut config: Config, examples: &Path, serve: bool) -> anyhow::Result<ExitCode> {
     let read = |name: &str| {
         let path = examples.join(name);
         std::fs::read_to_string(&path).with_context(|| {
@@ -53,9 +55,15 @@ pub async fn run(mut config: Config, examples: &Path) -> anyhow::Result<ExitCode
         dns.addr()
     );
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    // Served for a person, the address is the configured one, so it can be bookmarked.
+    let addr = if serve {
+        config.listen
+    } else {
+        "127.0.0.1:0".parse()?
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .context("cannot listen on 127.0.0.1")?;
+        .with_context(|| format!("cannot listen on {addr} (set BDJOBS_LISTEN or --listen)"))?;
     let base = format!("http://{}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
     let roles = {
@@ -65,27 +73,38 @@ pub async fn run(mut config: Config, examples: &Path) -> anyhow::Result<ExitCode
     eprintln!("==> api, worker and projector running; API at {base}");
 
     let outcome = submit_and_wait(&pool, &base, &job_body).await;
+    if let Ok((result, job_id, tenant, key)) = &outcome {
+        println!("{}", serde_json::to_string_pretty(result)?);
+        let location = config.assets_location();
+        for asset in result["result_assets"].as_array().into_iter().flatten() {
+            let id = asset["asset_id"].as_str().unwrap_or_default();
+            eprintln!(
+                "asset {id}: stored at {}/{}",
+                location.trim_end_matches('/'),
+                crate::domain::ids::asset_storage_key(
+                    tenant,
+                    *job_id,
+                    &crate::domain::ids::AssetId::parse(id)?
+                )
+            );
+        }
+        if serve {
+            eprintln!("==> the web console is at {base}/");
+            eprintln!("    sign in with this key of the demo tenant (also for curl and `bdjobs watch`; kept until the database goes):");
+            println!("{key}");
+            eprintln!("    serving until Ctrl-C");
+            app::shutdown_on_signals().cancelled().await;
+        } else {
+            eprintln!("==> `bdjobs demo --serve` keeps the system running and prints the web console's URL and a key");
+        }
+    }
     shutdown.cancel();
     match tokio::time::timeout(Duration::from_secs(15), roles).await {
         Ok(Ok(Err(e))) => eprintln!("a role stopped with an error: {e:#}"),
         Err(_) => eprintln!("the roles did not stop within 15 s"),
         _ => {}
     }
-    let (result, job_id, tenant) = outcome?;
-    println!("{}", serde_json::to_string_pretty(&result)?);
-    let location = config.assets_location();
-    for asset in result["result_assets"].as_array().into_iter().flatten() {
-        let id = asset["asset_id"].as_str().unwrap_or_default();
-        eprintln!(
-            "asset {id}: stored at {}/{}",
-            location.trim_end_matches('/'),
-            crate::domain::ids::asset_storage_key(
-                &tenant,
-                job_id,
-                &crate::domain::ids::AssetId::parse(id)?
-            )
-        );
-    }
+    let (result, ..) = outcome?;
     if result["status"] != "completed" {
         bail!("the demo job ended {}", result["status"]);
     }
@@ -96,7 +115,12 @@ async fn submit_and_wait(
     pool: &deadpool_postgres::Pool,
     base: &str,
     body: &serde_json::Value,
-) -> anyhow::Result<(serde_json::Value, crate::domain::ids::JobId, TenantId)> {
+) -> anyhow::Result<(
+    serde_json::Value,
+    crate::domain::ids::JobId,
+    TenantId,
+    String,
+)> {
     let tenant = TenantId::parse("demo")?;
     let key = db::keys::create_key(pool, &tenant).await?;
     eprintln!("==> created an API key for tenant {tenant}");
@@ -163,7 +187,7 @@ async fn submit_and_wait(
     )
     .await?;
     let id = crate::domain::ids::JobId(job_id.parse()?);
-    Ok((result, id, tenant))
+    Ok((result, id, tenant, key.secret))
 }
 
 async fn get_json(

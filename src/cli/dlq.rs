@@ -64,8 +64,8 @@ pub async fn list(
     limit: usize,
 ) -> Result<Vec<DeadMessage>, BrokerError> {
     let conn = broker::connect(amqp_url, "bdjobs-dlq").await?;
+    topology.declare(&conn).await?;
     let channel = conn.create_channel().await?;
-    topology.declare(&channel).await?;
     let mut held = Vec::new();
     while held.len() < limit {
         match channel
@@ -115,8 +115,8 @@ pub async fn redrive(
     mut on_each: impl FnMut(&DeadMessage),
 ) -> Result<Redriven, BrokerError> {
     let conn = broker::connect(amqp_url, "bdjobs-dlq").await?;
+    topology.declare(&conn).await?;
     let channel = conn.create_channel().await?;
-    topology.declare(&channel).await?;
     let publisher = Publisher::new(amqp_url, "bdjobs-dlq-redrive", topology.clone());
     let mut done = Redriven::default();
     let mut skipped = Vec::new();

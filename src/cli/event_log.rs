@@ -59,9 +59,10 @@ async fn export(
 ) -> anyhow::Result<ExitCode> {
     let scope = super::scope(tenant, job)?;
     let pool = app::connect_db(config)?;
+    let store = config.storage()?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let n = event_log::export(&pool, &scope, &mut out, super::show_progress())
+    let n = event_log::export(&pool, &store, &scope, &mut out, super::show_progress())
         .await
         .context("export failed")?;
     eprintln!("exported {n} event(s)");

@@ -17,9 +17,9 @@ use crate::domain::email::{display_domain, normalize_domain, parse_email};
 use crate::domain::input::control_character;
 use crate::domain::stages::discovery::seniority_rank;
 use crate::domain::stages::{DirectoryCompany, DirectoryPerson};
+use crate::domain::table::{self, text, FieldValue, Fields, Format};
 use anyhow::Context;
 use deadpool_postgres::Pool;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -44,25 +44,9 @@ pub enum ImportError {
     #[error("{0}: unsupported file type; use .csv, .jsonl or .ndjson")]
     Format(String),
     #[error("{0}: {1}")]
-    Csv(String, csv::Error),
+    Table(String, table::TableError),
     #[error(transparent)]
     Database(#[from] DbError),
-}
-
-/// One raw record: field name to text, or to a list for `keywords`.
-type Fields = BTreeMap<String, FieldValue>;
-
-#[derive(Debug, Clone)]
-enum FieldValue {
-    Text(String),
-    List(Vec<String>),
-}
-
-fn text(f: &Fields, key: &str) -> Option<String> {
-    match f.get(key)? {
-        FieldValue::Text(s) => Some(s.trim().to_owned()).filter(|s| !s.is_empty()),
-        FieldValue::List(_) => None,
-    }
 }
 
 /// Turns one raw record into a directory record, or says what is wrong with it.
@@ -155,74 +139,12 @@ pub type Numbered = (usize, Result<Record, String>);
 /// Parses a whole file into numbered records (or numbered problems).
 pub fn parse(path: &Path, data: &str) -> Result<Vec<Numbered>, ImportError> {
     let name = path.display().to_string();
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    match ext.as_str() {
-        "jsonl" | "ndjson" => Ok(data
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, line)| {
-                let parsed =
-                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line)
-                        .map_err(|e| format!("not a JSON object: {e}"))
-                        .and_then(|obj| {
-                            let fields: Fields = obj
-                                .into_iter()
-                                .filter_map(|(k, v)| {
-                                    let value = match v {
-                                        serde_json::Value::Null => return None,
-                                        serde_json::Value::String(s) => FieldValue::Text(s),
-                                        serde_json::Value::Array(a) => FieldValue::List(
-                                            a.into_iter()
-                                                .filter_map(|x| x.as_str().map(str::to_owned))
-                                                .collect(),
-                                        ),
-                                        other => FieldValue::Text(other.to_string()),
-                                    };
-                                    Some((k, value))
-                                })
-                                .collect();
-                            to_record(&fields)
-                        });
-                (i + 1, parsed)
-            })
-            .collect()),
-        "csv" => {
-            let mut reader = csv::ReaderBuilder::new()
-                .flexible(true)
-                .from_reader(data.as_bytes());
-            let headers = reader
-                .headers()
-                .map_err(|e| ImportError::Csv(name.clone(), e))?
-                .clone();
-            let mut out = Vec::new();
-            for (i, rec) in reader.records().enumerate() {
-                // Line numbers count the header as line 1 (multi-line quoted fields aside).
-                let line = rec
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| r.position().map(|p| p.line() as usize))
-                    .unwrap_or(i + 2);
-                let parsed = rec
-                    .map_err(|e| format!("unreadable CSV row: {e}"))
-                    .and_then(|r| {
-                        let fields: Fields = headers
-                            .iter()
-                            .zip(r.iter())
-                            .map(|(h, v)| (h.trim().to_owned(), FieldValue::Text(v.to_owned())))
-                            .collect();
-                        to_record(&fields)
-                    });
-                out.push((line, parsed));
-            }
-            Ok(out)
-        }
-        _ => Err(ImportError::Format(name)),
-    }
+    let format = Format::from_name(&name).ok_or_else(|| ImportError::Format(name.clone()))?;
+    let rows = table::parse(format, data).map_err(|e| ImportError::Table(name, e))?;
+    Ok(rows
+        .into_iter()
+        .map(|(line, fields)| (line, fields.and_then(|f| to_record(&f))))
+        .collect())
 }
 
 /// Imports a file, drawing a progress bar on stderr when it is a terminal.

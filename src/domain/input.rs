@@ -164,12 +164,57 @@ fn clean(field: &Option<String>) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn check_fields(problems: &mut Vec<String>, path: &str, fields: &[(&str, &Option<String>)]) {
+/// Where a list of records came from, so that a problem names the place a person can fix:
+/// a JSON path (`input_assets.contacts[3].email`) or a file's line and column
+/// (`contacts.csv line 5, column email`).
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Origin<'a> {
+    #[default]
+    Json,
+    File {
+        name: &'a str,
+        /// The line of each record, in order.
+        lines: &'a [usize],
+    },
+    /// A multipart part holding a JSON array: `contacts[3].email`.
+    Part { name: &'a str },
+}
+
+impl Origin<'_> {
+    fn record(&self, list: &str, i: usize) -> String {
+        match self {
+            Origin::Json => format!("input_assets.{list}[{i}]"),
+            Origin::Part { name } => format!("{name}[{i}]"),
+            Origin::File { name, lines } => match lines.get(i) {
+                Some(line) => format!("{name} line {line}"),
+                None => format!("{name} record {}", i + 1),
+            },
+        }
+    }
+
+    fn field(&self, list: &str, i: usize, field: &str) -> String {
+        match self {
+            Origin::Json => format!("input_assets.{list}[{i}].{field}"),
+            Origin::Part { name } => format!("{name}[{i}].{field}"),
+            Origin::File { .. } => format!("{}, column {field}", self.record(list, i)),
+        }
+    }
+}
+
+/// Where each list of a job's input came from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origins<'a> {
+    pub companies: Origin<'a>,
+    pub contacts: Origin<'a>,
+}
+
+fn check_fields(
+    problems: &mut Vec<String>,
+    at: impl Fn(&str) -> String,
+    fields: &[(&str, &Option<String>)],
+) {
     for (name, value) in fields {
-        if let Some(problem) = value
-            .as_deref()
-            .and_then(|v| text_problem(&format!("{path}.{name}"), v))
-        {
+        if let Some(problem) = value.as_deref().and_then(|v| text_problem(&at(name), v)) {
             problems.push(problem);
         }
     }
@@ -189,7 +234,17 @@ impl RawInput {
     /// Validates and normalises. Reports up to 20 problems at once, each with its JSON path, so a
     /// client can fix a whole batch in one round trip.
     pub fn validate(&self) -> Result<JobInput, InputError> {
-        let mut problems = Vec::new();
+        self.validate_from(Origins::default(), Vec::new())
+    }
+
+    /// `validate` for records that came from files: problems name lines and columns. `earlier`
+    /// are problems found while reading the files, reported first.
+    pub fn validate_from(
+        &self,
+        origins: Origins<'_>,
+        earlier: Vec<String>,
+    ) -> Result<JobInput, InputError> {
+        let mut problems = earlier;
         let total = self.companies.len() + self.contacts.len();
         if total == 0 {
             problems.push(
@@ -204,11 +259,12 @@ impl RawInput {
         }
         let mut companies = Vec::with_capacity(self.companies.len());
         for (i, c) in self.companies.iter().enumerate() {
-            let path = format!("input_assets.companies[{i}]");
+            let o = origins.companies;
+            let field = |f: &str| o.field("companies", i, f);
             let before = problems.len();
             check_fields(
                 &mut problems,
-                &path,
+                field,
                 &[
                     ("name", &c.name),
                     ("domain", &c.domain),
@@ -222,13 +278,13 @@ impl RawInput {
             }
             let domain = match clean(&c.domain) {
                 None => {
-                    problems.push(format!("{path}.domain: required"));
+                    problems.push(format!("{}: required", field("domain")));
                     continue;
                 }
                 Some(d) => match normalize_domain(&d) {
                     Ok(d) => d,
                     Err(e) => {
-                        problems.push(format!("{path}.domain: {e}"));
+                        problems.push(format!("{}: {e}", field("domain")));
                         continue;
                     }
                 },
@@ -246,11 +302,12 @@ impl RawInput {
         }
         let mut contacts = Vec::with_capacity(self.contacts.len());
         for (i, c) in self.contacts.iter().enumerate() {
-            let path = format!("input_assets.contacts[{i}]");
+            let o = origins.contacts;
+            let field = |f: &str| o.field("contacts", i, f);
             let before = problems.len();
             check_fields(
                 &mut problems,
-                &path,
+                field,
                 &[
                     ("first_name", &c.first_name),
                     ("last_name", &c.last_name),
@@ -270,7 +327,7 @@ impl RawInput {
                 Some(d) => match normalize_domain(&d) {
                     Ok(d) => Some(d),
                     Err(e) => {
-                        problems.push(format!("{path}.company_domain: {e}"));
+                        problems.push(format!("{}: {e}", field("company_domain")));
                         continue;
                     }
                 },
@@ -293,7 +350,8 @@ impl RawInput {
             let email = clean(&c.email);
             if email.is_none() && full_name.is_none() {
                 problems.push(format!(
-                    "{path}: needs an email or a name (first_name/last_name/full_name)"
+                    "{}: needs an email or a name (first_name/last_name/full_name)",
+                    o.record("contacts", i)
                 ));
                 continue;
             }

@@ -110,6 +110,15 @@ pub struct JobView {
     /// earlier failure overtook it. Views stored before this field existed read it as 0.
     #[serde(default)]
     pub max_percent: u8,
+    /// The chunks of a chunked job that reported done (sorted, each once), and how many it has.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks_done: Vec<u32>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chunks_total: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The assets a job publishes, in the order the result lists them.
@@ -168,6 +177,8 @@ impl JobView {
             warning_log: Vec::new(),
             planning_warnings: c.warnings.clone(),
             max_percent: 0,
+            chunks_done: Vec::new(),
+            chunks_total: 0,
         })
     }
 
@@ -208,6 +219,33 @@ impl JobView {
                     self.progress_percent = self.max_percent;
                 }
                 self.set_message(key, &p.message);
+            }
+            Event::ChunkCompleted(c) => {
+                if self.status == JobStatus::Pending {
+                    self.status = JobStatus::Running;
+                }
+                if let Err(i) = self.chunks_done.binary_search(&c.chunk.index) {
+                    self.chunks_done.insert(i, c.chunk.index);
+                }
+                self.chunks_total = self.chunks_total.max(c.chunk.count).max(1);
+                let done = self.chunks_done.len() as u64;
+                let total = u64::from(self.chunks_total);
+                self.max_percent = self.max_percent.max((done * 99 / total).min(99) as u8);
+                if self.status != JobStatus::Completed {
+                    self.progress_percent = self.max_percent;
+                }
+                // Chunks run at once on several workers, so their positions say nothing about
+                // which report is the latest; the count of chunks done does. Keyed after every
+                // worker position and by that count, the message converges to the final count
+                // whatever order the reports arrive in.
+                let key = (
+                    Position {
+                        attempt: u32::MAX,
+                        seq: done,
+                    },
+                    MessageId(Uuid::nil()),
+                );
+                self.set_message(key, &format!("{done} of {total} chunks done..."));
             }
             Event::Warning(_) => unreachable!("warnings are applied above"),
             Event::Completed(_) | Event::Failed(_) | Event::Cancelled(_) => {
@@ -488,6 +526,40 @@ mod tests {
         let p = progress(1, 1, 10);
         assert!(v.apply(&p));
         assert!(!v.apply(&p));
+    }
+
+    fn chunk_done(attempt: u32, seq: u64, index: u32, count: u32) -> EventRecord {
+        rec(
+            attempt,
+            seq,
+            Event::ChunkCompleted(crate::domain::messages::ChunkCompleted {
+                chunk: crate::domain::messages::ChunkOf { index, count },
+                contacts: vec![],
+                companies_kept: 0,
+                companies_disqualified: 0,
+                contacts_discovered: 0,
+            }),
+        )
+    }
+
+    #[test]
+    fn chunk_reports_advance_progress_per_distinct_chunk_in_any_order() {
+        let stream = [
+            created(),
+            rec(1, 1, Event::Started(Started { worker: "a".into() })),
+            progress(1, 2, 0),
+            chunk_done(1, 3_000_000_001, 2, 4),
+            chunk_done(2, 1_000_000_001, 0, 4),
+            chunk_done(1, 1_000_000_001, 0, 4),
+            chunk_done(1, 2_000_000_001, 1, 4),
+        ];
+        let forward = fold(&stream).unwrap();
+        let backward = fold(stream.iter().rev()).unwrap();
+        assert_eq!(forward, backward);
+        assert_eq!(forward.status, JobStatus::Running);
+        assert_eq!(forward.chunks_done, [0, 1, 2]);
+        assert_eq!(forward.progress_percent, 74);
+        assert_eq!(forward.progress_message, "3 of 4 chunks done...");
     }
 
     proptest! {

@@ -13,11 +13,14 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 pub mod kinds {
     /// The command that runs a job (`NS.commands` → `NS.jobs`).
     pub const RUN: &str = "job.run";
+    /// One chunk of a split job (`NS.commands` → `NS.jobs`).
+    pub const RUN_CHUNK: &str = "job.run_chunk";
     pub const CREATED: &str = "job.created";
     pub const STARTED: &str = "job.started";
     pub const PROGRESS: &str = "job.progress";
     pub const WARNING: &str = "job.warning";
     pub const COMPLETED: &str = "job.completed";
+    pub const CHUNK_COMPLETED: &str = "job.chunk_completed";
     pub const FAILED: &str = "job.failed";
     pub const CANCELLED: &str = "job.cancelled";
 }
@@ -57,7 +60,35 @@ pub struct RawEnvelope {
     pub occurred_at: DateTime<Utc>,
     pub attempt: u32,
     pub seq: u64,
+    /// `null` when the payload was checked out to object storage ([`RawEnvelope::check_out`]).
     pub payload: serde_json::Value,
+    /// Where the payload is when it travels apart from the envelope (a claim check): set only
+    /// on messages too big for the broker, absent from every other message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_ref: Option<ClaimCheck>,
+}
+
+/// A claim check: where a message's payload was stored, with its size and SHA-256 so that the
+/// receiver can tell the object it reads back is the one the sender wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimCheck {
+    pub key: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("the stored payload of message {message_id} is {found} bytes with SHA-256 {found_sha}, expected {expected} bytes with {expected_sha}")]
+    Mismatch {
+        message_id: MessageId,
+        found: u64,
+        found_sha: String,
+        expected: u64,
+        expected_sha: String,
+    },
+    #[error("the stored payload of message {0} is not JSON: {1}")]
+    NotJson(MessageId, serde_json::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +117,57 @@ impl RawEnvelope {
         }
     }
 
+    /// The object key a checked-out payload is stored under: one per message, in the job's
+    /// tenant, sharded like assets (256 folders picked by the random end of the job id).
+    pub fn claim_key(&self) -> String {
+        let job = self.job_id.0.simple().to_string();
+        let shard = &job[job.len() - 2..];
+        format!(
+            "tenants/{}/claims/{shard}/{job}/{}.json",
+            self.tenant,
+            self.message_id.0.simple()
+        )
+    }
+
+    /// Takes the payload out of the envelope for storage, leaving a claim check in its place.
+    /// Returns the key and the bytes to store there; the envelope is then small whatever the
+    /// payload's size. Storing first and publishing after is the caller's part.
+    pub fn check_out(&mut self) -> (String, Vec<u8>) {
+        use sha2::{Digest, Sha256};
+        let bytes = serde_json::to_vec(&self.payload).expect("JSON values serialise");
+        let key = self.claim_key();
+        self.payload_ref = Some(ClaimCheck {
+            key: key.clone(),
+            size_bytes: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        });
+        self.payload = serde_json::Value::Null;
+        (key, bytes)
+    }
+
+    /// Puts a checked-out payload back from the bytes read at its claim check, after checking
+    /// they are the bytes that were stored. A no-op for an envelope without a claim check.
+    pub fn check_in(&mut self, bytes: &[u8]) -> Result<(), ClaimError> {
+        use sha2::{Digest, Sha256};
+        let Some(check) = &self.payload_ref else {
+            return Ok(());
+        };
+        let found_sha = hex::encode(Sha256::digest(bytes));
+        if bytes.len() as u64 != check.size_bytes || found_sha != check.sha256 {
+            return Err(ClaimError::Mismatch {
+                message_id: self.message_id,
+                found: bytes.len() as u64,
+                found_sha,
+                expected: check.size_bytes,
+                expected_sha: check.sha256.clone(),
+            });
+        }
+        self.payload =
+            serde_json::from_slice(bytes).map_err(|e| ClaimError::NotJson(self.message_id, e))?;
+        self.payload_ref = None;
+        Ok(())
+    }
+
     fn payload_as<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
         // Deserialised from a reference: a completion's payload holds every delivered contact,
         // and cloning it first was the largest allocation of decoding (replay profile).
@@ -99,6 +181,7 @@ impl RawEnvelope {
     pub fn decode_command(&self) -> Result<Command, DecodeError> {
         match (self.kind.as_str(), self.version) {
             (RunJob::TYPE, 1) => Ok(Command::RunJob(self.payload_as()?)),
+            (RunChunk::TYPE, 1) => Ok(Command::RunChunk(self.payload_as()?)),
             _ => Err(self.unknown()),
         }
     }
@@ -122,6 +205,7 @@ impl RawEnvelope {
             (kinds::PROGRESS, 2) => Progress(this.payload_as()?),
             (kinds::WARNING, 1) => Warning(this.payload_as()?),
             (kinds::COMPLETED, 1) => Completed(this.payload_as()?),
+            (kinds::CHUNK_COMPLETED, 1) => ChunkCompleted(this.payload_as()?),
             (kinds::FAILED, 1) => Failed(this.payload_as()?),
             (kinds::CANCELLED, 1) => Cancelled(this.payload_as()?),
             _ => return Err(self.unknown()),
@@ -190,6 +274,7 @@ fn envelope(
         attempt: at.attempt,
         seq: at.seq,
         payload,
+        payload_ref: None,
     }
 }
 
@@ -210,9 +295,43 @@ impl RunJob {
     pub const TYPE: &'static str = kinds::RUN;
 }
 
+/// Which part of a chunked job a `job.run_chunk` command or a `job.chunk_completed` event is:
+/// chunk `index` (from 0) of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkOf {
+    pub index: u32,
+    pub count: u32,
+}
+
+/// `job.run_chunk` v1: one chunk of a job too big to run in one delivery. `run.input` holds
+/// only the chunk's records; the plan and options are the job's. The worker that split the job
+/// publishes one per chunk; any worker may run any of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunChunk {
+    #[serde(flatten)]
+    pub run: RunJob,
+    pub chunk: ChunkOf,
+}
+
+impl RunChunk {
+    pub const TYPE: &'static str = kinds::RUN_CHUNK;
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     RunJob(RunJob),
+    RunChunk(RunChunk),
+}
+
+pub fn run_chunk_command(job: &JobRef, chunk: &RunChunk, now: DateTime<Utc>) -> RawEnvelope {
+    envelope(
+        job,
+        RunChunk::TYPE,
+        1,
+        Position::ORIGIN,
+        now,
+        serde_json::to_value(chunk).expect("RunChunk serialises"),
+    )
 }
 
 pub fn run_job_command(job: &JobRef, run: &RunJob, now: DateTime<Utc>) -> RawEnvelope {
@@ -268,6 +387,19 @@ pub struct Completed {
     pub contacts: Vec<DeliveredContact>,
 }
 
+/// `job.chunk_completed` v1: one chunk of a chunked job is done. `contacts` are the chunk's rows
+/// as the stages left them, before finalisation (which runs once, over every chunk, when the
+/// last one lands); the counts are the chunk's share of the summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkCompleted {
+    pub chunk: ChunkOf,
+    pub contacts: Vec<DeliveredContact>,
+    /// Companies of the chunk that passed qualification.
+    pub companies_kept: u64,
+    pub companies_disqualified: u64,
+    pub contacts_discovered: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failed {
     pub error: String,
@@ -291,6 +423,7 @@ pub enum Event {
     Progress(Progress),
     Warning(Warning),
     Completed(Completed),
+    ChunkCompleted(ChunkCompleted),
     Failed(Failed),
     Cancelled(Cancelled),
 }
@@ -303,6 +436,7 @@ impl Event {
             Event::Progress(_) => kinds::PROGRESS,
             Event::Warning(_) => kinds::WARNING,
             Event::Completed(_) => kinds::COMPLETED,
+            Event::ChunkCompleted(_) => kinds::CHUNK_COMPLETED,
             Event::Failed(_) => kinds::FAILED,
             Event::Cancelled(_) => kinds::CANCELLED,
         }
@@ -330,6 +464,7 @@ impl Event {
             Event::Progress(p) => serde_json::to_value(p),
             Event::Warning(p) => serde_json::to_value(p),
             Event::Completed(p) => serde_json::to_value(p),
+            Event::ChunkCompleted(p) => serde_json::to_value(p),
             Event::Failed(p) => serde_json::to_value(p),
             Event::Cancelled(p) => serde_json::to_value(p),
         };
@@ -462,6 +597,60 @@ mod tests {
         );
         // The stored envelope keeps what was recorded: upcasting happens on every read.
         assert_eq!(raw.version, 1);
+    }
+
+    #[test]
+    fn a_checked_out_payload_comes_back_only_from_the_bytes_that_were_stored() {
+        let mut raw = Event::Warning(Warning {
+            message: "x".repeat(1000),
+        })
+        .into_envelope(&job(), Position { attempt: 1, seq: 1 }, Utc::now());
+        let original = raw.clone();
+        let (key, bytes) = raw.check_out();
+        assert_eq!(raw.payload, serde_json::Value::Null);
+        assert!(key.starts_with("tenants/acme/claims/"), "{key}");
+        let on_the_wire = serde_json::to_vec(&raw).unwrap();
+        assert!(on_the_wire.len() < 600, "{} bytes", on_the_wire.len());
+        let mut back = RawEnvelope::from_slice(&on_the_wire).unwrap();
+        let mut tampered = bytes.clone();
+        tampered[5] ^= 1;
+        assert!(matches!(
+            back.clone().check_in(&tampered),
+            Err(ClaimError::Mismatch { .. })
+        ));
+        back.check_in(&bytes).unwrap();
+        assert_eq!(back, original);
+    }
+
+    #[test]
+    fn an_envelope_without_a_claim_check_serialises_as_before() {
+        let raw = Event::Started(Started { worker: "w".into() }).into_envelope(
+            &job(),
+            Position::ORIGIN,
+            Utc::now(),
+        );
+        let text = serde_json::to_string(&raw).unwrap();
+        assert!(!text.contains("payload_ref"), "{text}");
+    }
+
+    #[test]
+    fn a_chunk_command_round_trips_with_its_place_in_the_job() {
+        let run = RunChunk {
+            run: RunJob {
+                plan: crate::domain::plan::plan(crate::domain::plan::Request::Preset(
+                    "verify_existing_emails",
+                ))
+                .unwrap(),
+                input: JobInput::default(),
+                icp_config: Default::default(),
+                execution_options: Default::default(),
+            },
+            chunk: ChunkOf { index: 2, count: 5 },
+        };
+        let raw = run_chunk_command(&job(), &run, Utc::now());
+        assert_eq!(raw.kind, "job.run_chunk");
+        assert_eq!(raw.payload["chunk"]["index"], 2);
+        assert_eq!(raw.decode_command().unwrap(), Command::RunChunk(run));
     }
 
     #[test]

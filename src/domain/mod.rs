@@ -2,6 +2,7 @@
 //! read model and how events fold into it, and the BD stages. Nothing here does I/O; the
 //! adapters, roles and tests all build on these types.
 
+pub mod chunks;
 pub mod email;
 pub mod ids;
 pub mod input;
@@ -11,3 +12,4 @@ pub mod plan;
 pub mod probe;
 pub mod retention;
 pub mod stages;
+pub mod table;

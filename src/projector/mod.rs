@@ -146,9 +146,14 @@ async fn consume(
                     break;
                 }
             };
-            match RawEnvelope::from_slice(&delivery.data)
-                .and_then(|raw| EventRecord::from_raw(&raw).map(|_| raw))
-            {
+            // A claim-checked payload is checked when the batch opens it.
+            match RawEnvelope::from_slice(&delivery.data).and_then(|raw| {
+                if raw.payload_ref.is_some() {
+                    Ok(raw)
+                } else {
+                    EventRecord::from_raw(&raw).map(|_| raw)
+                }
+            }) {
                 Ok(raw) => {
                     // Batches mix jobs, so each event's correlation id is logged on its own.
                     tracing::debug!(

@@ -144,6 +144,10 @@ pub async fn apply_batch(
     storage: &Operator,
     raws: &[RawEnvelope],
 ) -> Result<Vec<Applied>, ReadModelError> {
+    // The log keeps payloads inline: a claim-checked event is opened before it is appended, so
+    // that the events table alone still rebuilds every answer (docs/messaging.md).
+    let opened = crate::adapters::claims::open_all(storage, raws).await?;
+    let raws = &*opened;
     let records = raws
         .iter()
         .map(EventRecord::from_raw)

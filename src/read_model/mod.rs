@@ -42,6 +42,8 @@ pub enum ReadModelError {
     Database(#[from] DbError),
     #[error("{0}")]
     Storage(#[from] StorageError),
+    #[error("{0}")]
+    Claim(#[from] crate::adapters::claims::ClaimError),
 }
 
 impl crate::adapters::Retryable for ReadModelError {
@@ -50,6 +52,7 @@ impl crate::adapters::Retryable for ReadModelError {
             ReadModelError::Malformed(_) => false,
             ReadModelError::Database(e) => e.is_retryable(),
             ReadModelError::Storage(e) => e.is_retryable(),
+            ReadModelError::Claim(e) => e.is_retryable(),
         }
     }
 }

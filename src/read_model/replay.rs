@@ -64,6 +64,8 @@ pub enum ReplayError {
     Storage(#[from] StorageError),
     #[error("the event log holds an event this build cannot read: {0}")]
     Decode(#[from] DecodeError),
+    #[error("{0}")]
+    Claim(#[from] crate::adapters::claims::ClaimError),
 }
 
 impl crate::adapters::Retryable for ReplayError {
@@ -72,6 +74,7 @@ impl crate::adapters::Retryable for ReplayError {
             ReplayError::Database(e) => e.is_retryable(),
             ReplayError::Storage(e) => e.is_retryable(),
             ReplayError::Decode(_) => false,
+            ReplayError::Claim(e) => e.is_retryable(),
         }
     }
 }
@@ -88,6 +91,7 @@ impl From<ReadModelError> for ReplayError {
             ReadModelError::Malformed(e) => ReplayError::Decode(e),
             ReadModelError::Database(e) => ReplayError::Database(e),
             ReadModelError::Storage(e) => ReplayError::Storage(e),
+            ReadModelError::Claim(e) => ReplayError::Claim(e),
         }
     }
 }
@@ -151,6 +155,10 @@ async fn rebuild_jobs(
     run: Uuid,
     events: &[RawEnvelope],
 ) -> Result<usize, ReplayError> {
+    // Events recorded with a claim check instead of their payload (the log keeps payloads
+    // inline, but a log written otherwise replays all the same) are read back first.
+    let opened = crate::adapters::claims::open_all(storage, events).await?;
+    let events = &*opened;
     let mut rows = Vec::new();
     let mut objects = Vec::new();
     for job_events in by_job(events) {

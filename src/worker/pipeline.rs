@@ -2,17 +2,17 @@
 //! it goes. The rules live in `domain::stages`; this module fetches what they need and keeps
 //! score.
 
-use super::sources::{CancelSignal, Directory, NeverCancel};
+use super::sources::{CancelSignal, ChunkLog, Directory, NeverCancel, NoChunkLog};
 use super::verify::{list_some, verify_addresses, Probing, VerifySettings};
 use super::{Reporter, WorkerError};
 use crate::adapters::dns::MailDomainResolver;
 use crate::adapters::smtp::SmtpProber;
 use crate::domain::input::Company;
-use crate::domain::messages::{Completed, RunJob};
+use crate::domain::messages::{ChunkCompleted, ChunkOf, Completed, RunJob};
 use crate::domain::plan::Capability;
 use crate::domain::probe::VerifyProgress;
 use crate::domain::stages::{
-    deliverable, discovery, lookup, qualification, size_band, DeliveredContact, DirectoryCompany,
+    discovery, lookup, qualification, size_band, DeliveredContact, DirectoryCompany,
     DirectoryPerson, Summary,
 };
 use std::collections::HashMap;
@@ -28,9 +28,14 @@ pub struct Sources {
     /// the worker's jobs share.
     pub smtp: Option<Arc<Probing>>,
     pub cancel: Arc<dyn CancelSignal>,
-    /// A run that takes longer fails. Kept below RabbitMQ's consumer timeout (30 min by
-    /// default), so that the broker never takes a job away from a worker still running it.
+    /// A run that reports no progress for this long fails (a no-progress timeout: a long job
+    /// that keeps moving is never failed for being long).
     pub job_timeout: Duration,
+    /// Jobs with more records than this run in chunks (`BDJOBS_CHUNK_SIZE`); `usize::MAX`
+    /// (the default here, for embedding and tests) never splits.
+    pub chunk_size: usize,
+    /// Where a chunk learns which chunks of its job are done (the event log in production).
+    pub chunk_log: Arc<dyn ChunkLog>,
     /// The least time between two progress events of one run (see `Reporter::sampling`).
     pub progress_every: Duration,
 }
@@ -43,6 +48,8 @@ impl Sources {
             smtp: None,
             cancel: Arc::new(NeverCancel),
             job_timeout: DEFAULT_JOB_TIMEOUT,
+            chunk_size: usize::MAX,
+            chunk_log: Arc::new(NoChunkLog),
             progress_every: DEFAULT_PROGRESS_EVERY,
         }
     }
@@ -62,6 +69,13 @@ impl Sources {
         self
     }
 
+    /// Splits jobs of more than `size` records into chunks, whose reports `log` reads back.
+    pub fn with_chunks(mut self, size: usize, log: Arc<dyn ChunkLog>) -> Self {
+        self.chunk_size = size.max(1);
+        self.chunk_log = log;
+        self
+    }
+
     pub fn with_job_timeout(mut self, timeout: Duration) -> Self {
         self.job_timeout = timeout;
         self
@@ -78,7 +92,7 @@ impl Sources {
 /// sooner sends none.
 pub const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
-/// 20 minutes: well inside RabbitMQ's default 30-minute consumer timeout.
+/// 20 minutes without progress.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// How a run ended, short of an error.
@@ -393,39 +407,69 @@ impl<'a> Work<'a> {
         Ok(())
     }
 
-    async fn finalize(mut self, r: &mut Reporter<'_>) -> Result<Completed, WorkerError> {
-        r.stage("Finalising the deliverable...".to_owned()).await?;
-        let (rows, dropped) = deliverable::finalize(std::mem::take(&mut self.contacts));
-        if dropped.duplicates > 0 {
-            r.warn(format!(
-                "{} duplicate contact(s) removed",
-                dropped.duplicates
-            ))
-            .await?;
+    /// What the stages made of this run's records, before finalisation.
+    fn into_chunk(self, chunk: ChunkOf) -> ChunkCompleted {
+        ChunkCompleted {
+            chunk,
+            companies_kept: self.companies.len() as u64,
+            companies_disqualified: self.summary.companies_disqualified,
+            contacts_discovered: self.summary.contacts_discovered,
+            contacts: self.contacts,
         }
-        if dropped.without_email > 0 {
-            r.warn(format!(
-                "{} contact(s) without an email were not delivered",
-                dropped.without_email
-            ))
-            .await?;
+    }
+
+    async fn run(&mut self, stage: Capability, r: &mut Reporter<'_>) -> Result<(), WorkerError> {
+        match stage {
+            Capability::Qualification => self.qualification(r).await,
+            Capability::CompanySize => self.company_size(r).await,
+            Capability::ContactDiscovery => self.contact_discovery(r).await,
+            Capability::EmailLookup => self.email_lookup(r).await,
+            Capability::EmailVerify => self.email_verify(r).await,
+            Capability::LinkedinEnrich => self.linkedin_enrich(r).await,
+            Capability::DeliverableFinalize => Ok(()),
         }
-        self.summary.invalid_emails = dropped.invalid as u64;
-        deliverable::count_statuses(&rows, &mut self.summary);
-        self.summary.companies_processed = if self.companies.is_empty() {
-            rows.iter()
-                .filter_map(|c| c.company_domain.as_deref())
-                .collect::<std::collections::BTreeSet<_>>()
-                .len() as u64
-        } else {
-            self.companies.len() as u64
-        };
-        Ok(Completed {
-            summary: self.summary,
-            contacts: rows,
-        })
+    }
+
+    fn new(run: &'a RunJob, sources: &'a Sources) -> Self {
+        Work {
+            run,
+            sources,
+            companies: run.input.companies.clone(),
+            contacts: run.input.contacts.iter().map(from_input).collect(),
+            directory_companies: HashMap::new(),
+            people: HashMap::new(),
+            summary: Summary::default(),
+        }
     }
 }
+
+/// `deliverable_finalize`: assembles the chunks' rows into the deliverable (one chunk for a job
+/// run in one piece) and says what was dropped.
+pub async fn finalize(
+    chunks: &[&ChunkCompleted],
+    r: &mut Reporter<'_>,
+) -> Result<Completed, WorkerError> {
+    r.stage("Finalising the deliverable...".to_owned()).await?;
+    let (done, dropped) = crate::domain::chunks::assemble(chunks);
+    if dropped.duplicates > 0 {
+        r.warn(format!(
+            "{} duplicate contact(s) removed",
+            dropped.duplicates
+        ))
+        .await?;
+    }
+    if dropped.without_email > 0 {
+        r.warn(format!(
+            "{} contact(s) without an email were not delivered",
+            dropped.without_email
+        ))
+        .await?;
+    }
+    Ok(done)
+}
+
+/// The whole job as one chunk.
+const WHOLE: ChunkOf = ChunkOf { index: 0, count: 1 };
 
 /// Runs every planned stage. Before each one it checks for a cancellation; on one it finalises
 /// what it has as a partial deliverable. Errors are the worker's to classify.
@@ -435,34 +479,46 @@ pub async fn run_stages(
     sources: &Sources,
     r: &mut Reporter<'_>,
 ) -> Result<Ending, WorkerError> {
-    let mut w = Work {
-        run,
-        sources,
-        companies: run.input.companies.clone(),
-        contacts: run.input.contacts.iter().map(from_input).collect(),
-        directory_companies: HashMap::new(),
-        people: HashMap::new(),
-        summary: Summary::default(),
-    };
+    let mut w = Work::new(run, sources);
     let stages = &run.plan.capabilities;
     for (i, stage) in stages.iter().enumerate() {
         if sources.cancel.requested(job).await {
             r.enter(Capability::DeliverableFinalize, i, stages.len());
-            return Ok(Ending::Cancelled(w.finalize(r).await?));
+            let partial = w.into_chunk(WHOLE);
+            return Ok(Ending::Cancelled(finalize(&[&partial], r).await?));
         }
         r.enter(*stage, i, stages.len());
-        match stage {
-            Capability::Qualification => w.qualification(r).await?,
-            Capability::CompanySize => w.company_size(r).await?,
-            Capability::ContactDiscovery => w.contact_discovery(r).await?,
-            Capability::EmailLookup => w.email_lookup(r).await?,
-            Capability::EmailVerify => w.email_verify(r).await?,
-            Capability::LinkedinEnrich => w.linkedin_enrich(r).await?,
-            Capability::DeliverableFinalize => return Ok(Ending::Completed(w.finalize(r).await?)),
+        if *stage == Capability::DeliverableFinalize {
+            let all = w.into_chunk(WHOLE);
+            return Ok(Ending::Completed(finalize(&[&all], r).await?));
         }
+        w.run(*stage, r).await?;
     }
-    // The planner always ends a plan with finalisation; a command that does not is malformed.
-    Err(WorkerError::Fatal(
-        "the plan does not end with deliverable_finalize".to_owned(),
-    ))
+    Err(no_finalisation())
+}
+
+/// Runs one chunk of a chunked job: every planned stage but finalisation, which runs once over
+/// all chunks when the last one is done. Cancellation is watched by the caller, which stops the
+/// chunk at once rather than at a stage boundary.
+pub async fn run_chunk_stages(
+    run: &RunJob,
+    chunk: ChunkOf,
+    sources: &Sources,
+    r: &mut Reporter<'_>,
+) -> Result<ChunkCompleted, WorkerError> {
+    let mut w = Work::new(run, sources);
+    let stages = &run.plan.capabilities;
+    for (i, stage) in stages.iter().enumerate() {
+        r.enter(*stage, i, stages.len());
+        if *stage == Capability::DeliverableFinalize {
+            return Ok(w.into_chunk(chunk));
+        }
+        w.run(*stage, r).await?;
+    }
+    Err(no_finalisation())
+}
+
+// The planner always ends a plan with finalisation; a command that does not is malformed.
+fn no_finalisation() -> WorkerError {
+    WorkerError::Fatal("the plan does not end with deliverable_finalize".to_owned())
 }

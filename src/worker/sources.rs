@@ -83,6 +83,51 @@ impl CancelSignal for NeverCancel {
     }
 }
 
+/// The `job.chunk_completed` reports of a job recorded so far, payloads included.
+#[async_trait]
+pub trait ChunkLog: Send + Sync {
+    async fn reports(
+        &self,
+        job: crate::domain::ids::JobId,
+    ) -> Result<Vec<crate::domain::messages::RawEnvelope>, super::WorkerError>;
+}
+
+/// The event log in Postgres: a report is there once a projector applied it. The log keeps
+/// payloads inline, but a claim check met there is opened from storage all the same.
+pub struct PgChunkLog {
+    pub pool: Pool,
+    pub storage: opendal::Operator,
+}
+
+#[async_trait]
+impl ChunkLog for PgChunkLog {
+    async fn reports(
+        &self,
+        job: crate::domain::ids::JobId,
+    ) -> Result<Vec<crate::domain::messages::RawEnvelope>, super::WorkerError> {
+        let mut reports = db::jobs::chunk_reports(&self.pool, job).await?;
+        for r in &mut reports {
+            crate::adapters::claims::open(&self.storage, r)
+                .await
+                .map_err(super::WorkerError::from_claim)?;
+        }
+        Ok(reports)
+    }
+}
+
+/// No log: no chunk is ever done (for runs that never split).
+pub struct NoChunkLog;
+
+#[async_trait]
+impl ChunkLog for NoChunkLog {
+    async fn reports(
+        &self,
+        _: crate::domain::ids::JobId,
+    ) -> Result<Vec<crate::domain::messages::RawEnvelope>, super::WorkerError> {
+        Ok(Vec::new())
+    }
+}
+
 /// Retries a directory whose database is briefly away (a restart, a failover) with backoff, for
 /// up to `patience`, so that such an outage delays jobs instead of spending their delivery
 /// attempts.

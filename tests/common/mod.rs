@@ -3,6 +3,9 @@
 //! tests run in parallel and hundreds of CI runs leave nothing behind on the shared services.
 #![allow(dead_code)]
 
+pub mod audit;
+pub mod nodes;
+
 use bdjobs::adapters::broker::{self, Topology};
 use bdjobs::adapters::db;
 use bdjobs::adapters::dns_stub::{StubDns, StubZone};
@@ -33,10 +36,16 @@ pub fn demo_zone() -> StubZone {
 
 /// A configuration private to one test.
 pub fn test_config(tag: &str, assets: &std::path::Path) -> Config {
+    test_config_on(tag, assets, PG, AMQP)
+}
+
+/// A configuration private to one test, on the Postgres server at `pg` (a URL without a
+/// database) and the broker at `amqp`.
+pub fn test_config_on(tag: &str, assets: &std::path::Path, pg: &str, amqp: &str) -> Config {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let mut config = Config::from_env();
-    config.database_url = format!("{PG}/bdjobs_t_{tag}_{}", &id[..12]);
-    config.amqp_url = AMQP.to_owned();
+    config.database_url = format!("{pg}/bdjobs_t_{tag}_{}", &id[..12]);
+    config.amqp_url = amqp.to_owned();
     config.namespace = format!("bdjobs_t_{tag}_{}", &id[..12]);
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.assets = Some(format!("fs://{}", assets.display()));
@@ -57,9 +66,15 @@ pub struct Resources {
 
 impl Resources {
     pub async fn new(tag: &str) -> Self {
+        Self::on(tag, PG, AMQP).await
+    }
+
+    /// Resources on the Postgres server at `pg` (a URL without a database) and the broker at
+    /// `amqp`, such as nodes the test started itself (`nodes`).
+    pub async fn on(tag: &str, pg: &str, amqp: &str) -> Self {
         init_logs();
         let assets = tempfile::tempdir().unwrap();
-        let config = test_config(tag, assets.path());
+        let config = test_config_on(tag, assets.path(), pg, amqp);
         let pool = app::migrate(&config).await.expect("test database");
         let r = Self {
             config,

@@ -104,6 +104,23 @@ pub async fn events_of_job(
     .collect()
 }
 
+/// A job's `job.chunk_completed` events as recorded, for the worker deciding whether a chunked
+/// job is complete.
+pub async fn chunk_reports(pool: &Pool, job: JobId) -> Result<Vec<RawEnvelope>, DbError> {
+    let client = pool.get().await?;
+    client
+        .query(
+            "SELECT envelope FROM events WHERE job_id = $1 AND type = 'job.chunk_completed' ORDER BY id",
+            &[&job.0],
+        )
+        .await?
+        .into_iter()
+        .map(|r| {
+            serde_json::from_value(r.get(0)).map_err(|e| DbError::Corrupt(format!("event: {e}")))
+        })
+        .collect()
+}
+
 /// What creating a job writes: its `job.created` event, its view and its `job.run` command
 /// (with the routing key and correlation id it is to be published with).
 pub struct NewJob<'a> {
@@ -494,10 +511,23 @@ pub struct ListCursor {
 
 /// Up to `limit` of the tenant's jobs, newest first, optionally of one status, starting after
 /// `after`. Each view comes with the cursor that points just past it.
+/// What `GET /bd/jobs?q=` looks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Search {
+    /// A job id or a chat id.
+    Id(uuid::Uuid),
+    /// Part of a job id (lower-case hex and dashes), as people copy it from a list. v7 ids
+    /// start with their creation time, so jobs of the same minute share a start: any part
+    /// matches, not only the start.
+    IdPart(String),
+    Preset(crate::domain::plan::Preset),
+}
+
 pub async fn list_views(
     pool: &Pool,
     tenant: &TenantId,
     status: Option<JobStatus>,
+    search: Option<&Search>,
     after: Option<ListCursor>,
     limit: i64,
 ) -> Result<Vec<(JobView, ListCursor)>, DbError> {
@@ -507,15 +537,33 @@ pub async fn list_views(
         Some(c) => (Some(c.created_at), Some(c.job_id)),
         None => (None, None),
     };
+    let (id, prefix, preset) = match search {
+        None => (None, None, None),
+        Some(Search::Id(id)) => (Some(*id), None, None),
+        Some(Search::IdPart(p)) => (None, Some(format!("%{p}%")), None),
+        Some(Search::Preset(p)) => (None, None, Some(p.as_str())),
+    };
     client
         .query(
             "SELECT view, created_at, job_id FROM jobs
              WHERE tenant = $1
                AND ($2::text IS NULL OR status = $2)
                AND ($3::timestamptz IS NULL OR (created_at, job_id) < ($3, $4::uuid))
+               AND ($6::uuid IS NULL OR job_id = $6 OR view->>'chat_id' = $6::text)
+               AND ($7::text IS NULL OR job_id::text LIKE $7)
+               AND ($8::text IS NULL OR view->>'preset' = $8)
              ORDER BY created_at DESC, job_id DESC
              LIMIT $5",
-            &[&tenant.as_str(), &status, &after_at, &after_id, &limit],
+            &[
+                &tenant.as_str(),
+                &status,
+                &after_at,
+                &after_id,
+                &limit,
+                &id,
+                &prefix,
+                &preset,
+            ],
         )
         .await?
         .into_iter()

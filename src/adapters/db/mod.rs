@@ -8,8 +8,10 @@ pub mod idempotency;
 pub mod jobs;
 pub mod keys;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Hook;
+use deadpool_postgres::{HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::str::FromStr;
+use std::time::Duration;
 use tokio_postgres::NoTls;
 
 pub type Client = deadpool_postgres::Object;
@@ -27,8 +29,9 @@ pub enum DbError {
 }
 
 impl crate::adapters::Retryable for DbError {
-    /// Connection trouble, serialization failures and deadlocks pass; constraint and syntax
-    /// errors do not.
+    /// Connection trouble, serialization failures, deadlocks and a host that no longer takes
+    /// writes (a primary demoted in a failover: the pool drops it and finds the new one) pass;
+    /// constraint and syntax errors do not.
     fn is_retryable(&self) -> bool {
         match self {
             DbError::Pool(_) => true,
@@ -36,7 +39,11 @@ impl crate::adapters::Retryable for DbError {
                 None => true,
                 Some(code) => {
                     let c = code.code();
-                    c.starts_with("08") || c == "40001" || c == "40P01" || c.starts_with("57P")
+                    c.starts_with("08")
+                        || c == "40001"
+                        || c == "40P01"
+                        || c.starts_with("57P")
+                        || c == "25006"
                 }
             },
             DbError::Config(_) | DbError::Corrupt(_) => false,
@@ -44,9 +51,27 @@ impl crate::adapters::Retryable for DbError {
     }
 }
 
-pub fn pool(url: &str, max_size: usize) -> Result<Pool, DbError> {
-    let config =
+/// How long a pooled connection may sit unused before it is checked to still take writes.
+const WRITABLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// `url` parsed, with a connect timeout when it sets none: with several hosts, one that does
+/// not answer must not hold up trying the next.
+pub fn connection_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut config =
         tokio_postgres::Config::from_str(url).map_err(|e| DbError::Config(e.to_string()))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    Ok(config)
+}
+
+/// A pool for `url`, which may name one host or, in libpq's multi-host form, a primary and its
+/// standbys (`postgres://h1:5432,h2:5432/db?target_session_attrs=read-write`). A connection
+/// whose server closed it (a host that died) is dropped when next taken from the pool, and so,
+/// after a second unused, is one to a host that no longer takes writes (a demoted primary);
+/// new connections go to whichever host takes writes now.
+pub fn pool(url: &str, max_size: usize) -> Result<Pool, DbError> {
+    let config = connection_config(url)?;
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -56,8 +81,26 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool, DbError> {
     );
     Pool::builder(manager)
         .max_size(max_size)
-        .wait_timeout(Some(std::time::Duration::from_secs(10)))
-        .create_timeout(Some(std::time::Duration::from_secs(10)))
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .pre_recycle(Hook::async_fn(|client, metrics| {
+            Box::pin(async move {
+                // Checked only after a pause: a connection in steady use proves itself with
+                // every statement, and the check costs a round trip.
+                if metrics.last_used() < WRITABLE_CHECK_AFTER {
+                    return Ok(());
+                }
+                let row = client
+                    .query_one("SHOW transaction_read_only", &[])
+                    .await
+                    .map_err(HookError::Backend)?;
+                match row.get::<_, &str>(0) {
+                    "off" => Ok(()),
+                    _ => Err(HookError::message("the host no longer takes writes")),
+                }
+            })
+        }))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|e| DbError::Config(e.to_string()))
@@ -67,15 +110,22 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Connects to the server's `postgres` database with the same credentials as `url`.
-async fn maintenance_client(url: &str) -> Result<(tokio_postgres::Client, String), DbError> {
-    let mut config =
-        tokio_postgres::Config::from_str(url).map_err(|e| DbError::Config(e.to_string()))?;
+/// The configuration of a connection to the server's `postgres` database, with the same
+/// hosts, credentials and options as `url` (so, with several hosts, to the one taking writes),
+/// and the name of the database `url` names.
+pub fn maintenance_config(url: &str) -> Result<(tokio_postgres::Config, String), DbError> {
+    let mut config = connection_config(url)?;
     let name = config
         .get_dbname()
         .ok_or_else(|| DbError::Config("the URL names no database".into()))?
         .to_owned();
     config.dbname("postgres");
+    Ok((config, name))
+}
+
+/// Connects to the server's `postgres` database with the same credentials as `url`.
+async fn maintenance_client(url: &str) -> Result<(tokio_postgres::Client, String), DbError> {
+    let (config, name) = maintenance_config(url)?;
     let (client, conn) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -181,4 +231,48 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<&'static str>, DbError> {
     }
     tx.commit().await?;
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::config::{Host, TargetSessionAttrs};
+
+    const FAILOVER_URL: &str =
+        "postgres://bd:pw@10.0.0.1:5432,10.0.0.2:5433/bdjobs?target_session_attrs=read-write";
+
+    #[test]
+    fn a_multi_host_url_keeps_every_host_and_asks_for_the_writable_one() {
+        let config = connection_config(FAILOVER_URL).unwrap();
+        assert_eq!(
+            config.get_hosts(),
+            [Host::Tcp("10.0.0.1".into()), Host::Tcp("10.0.0.2".into())]
+        );
+        assert_eq!(config.get_ports(), [5432, 5433]);
+        assert_eq!(
+            config.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn creating_the_database_goes_to_the_same_hosts_as_the_pool() {
+        let (config, name) = maintenance_config(FAILOVER_URL).unwrap();
+        assert_eq!(name, "bdjobs");
+        assert_eq!(config.get_dbname(), Some("postgres"));
+        assert_eq!(config.get_hosts().len(), 2);
+        assert_eq!(config.get_ports(), [5432, 5433]);
+        assert_eq!(config.get_user(), Some("bd"));
+        assert_eq!(
+            config.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+    }
+
+    #[test]
+    fn a_connect_timeout_in_the_url_is_kept() {
+        let config = connection_config("postgres://h/db?connect_timeout=2").unwrap();
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(2)));
+    }
 }
