@@ -8,8 +8,9 @@
 //! the other tenant's 404). A screenshot of each page is kept
 //! under `target/console-screenshots/`.
 //!
-//! Needs `chromium` and `chromedriver` (`apt-get install -y chromium chromium-driver`, which
-//! `.ci/run` does); `CHROMIUM` and `CHROMEDRIVER` override where they are.
+//! Needs `chromium` and `chromedriver`: when they are missing the test installs Debian's
+//! packages itself (as root, with apt-get; `.ci/run` does it beforehand); `CHROMIUM` and
+//! `CHROMEDRIVER` override where they are.
 
 mod common;
 
@@ -27,13 +28,20 @@ fn find_program(var: &str, names: &[&str]) -> PathBuf {
     if let Ok(p) = std::env::var(var) {
         return PathBuf::from(p);
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        for name in names {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return candidate;
-            }
+    let search = || {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
+            .find(|candidate| candidate.is_file())
+    };
+    if let Some(found) = search() {
+        return found;
+    }
+    // As tests/s3.rs builds its S3 server, this test installs its browser on a fresh machine,
+    // so that `cargo test` alone works there: Debian's packages, when we may install them.
+    if install_browser() {
+        if let Some(found) = search() {
+            return found;
         }
     }
     panic!(
@@ -41,6 +49,30 @@ fn find_program(var: &str, names: &[&str]) -> PathBuf {
          .ci/run does) or set {var}",
         names[0]
     );
+}
+
+/// `apt-get install chromium chromium-driver`, once per test process, when running as root on a
+/// machine with apt-get; whether it succeeded.
+fn install_browser() -> bool {
+    static INSTALLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *INSTALLED.get_or_init(|| {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        if !root || !Path::new("/usr/bin/apt-get").exists() {
+            return false;
+        }
+        eprintln!("installing chromium and chromium-driver (apt-get), once per machine");
+        let apt = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "chromium", "chromium-driver"])
+    })
 }
 
 fn free_port() -> u16 {

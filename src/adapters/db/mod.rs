@@ -239,14 +239,17 @@ mod tests {
     use tokio_postgres::config::{Host, TargetSessionAttrs};
 
     const FAILOVER_URL: &str =
-        "postgres://bd:pw@10.0.0.1:5432,10.0.0.2:5433/bdjobs?target_session_attrs=read-write";
+        "postgres://bd:pw@db1.internal:5432,db2.internal:5433/bdjobs?target_session_attrs=read-write";
 
     #[test]
     fn a_multi_host_url_keeps_every_host_and_asks_for_the_writable_one() {
         let config = connection_config(FAILOVER_URL).unwrap();
         assert_eq!(
             config.get_hosts(),
-            [Host::Tcp("10.0.0.1".into()), Host::Tcp("10.0.0.2".into())]
+            [
+                Host::Tcp("db1.internal".into()),
+                Host::Tcp("db2.internal".into())
+            ]
         );
         assert_eq!(config.get_ports(), [5432, 5433]);
         assert_eq!(
