@@ -315,3 +315,82 @@ async fn a_cancel_stops_every_chunk_and_delivers_the_chunks_done() {
     assert!(reports.len() < 20, "every chunk ran: {reports:?}");
     stack.stop().await;
 }
+
+/// The broker itself refuses big messages here (`max_message_size`, 128 KiB, on a node of the
+/// test's own): a job whose input is about 2.5 MB runs to completion all the same, because no
+/// message carries the bulk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_that_refuses_big_messages_still_runs_a_big_job() {
+    const BROKER_LIMIT: usize = 128 * 1024;
+    let rabbit =
+        common::nodes::Rabbit::start_with(1, &format!("max_message_size = {BROKER_LIMIT}\n"));
+    let amqp = rabbit.url(0);
+
+    // The limit is in force: a publish over it closes the channel.
+    let conn = lapin::Connection::connect(&amqp, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let refused = match channel
+        .basic_publish(
+            "".into(),
+            "no-such-queue".into(),
+            lapin::options::BasicPublishOptions::default(),
+            &vec![b'x'; BROKER_LIMIT + 1],
+            lapin::BasicProperties::default(),
+        )
+        .await
+    {
+        Err(_) => true,
+        Ok(_) => {
+            // The broker answers with a channel close, asynchronously.
+            let until = Instant::now() + Duration::from_secs(10);
+            while channel.status().connected() && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            !channel.status().connected()
+        }
+    };
+    assert!(
+        refused,
+        "the broker accepted a message over its max_message_size"
+    );
+    let _ = conn.close(200, "done".into()).await;
+
+    let mut res = Resources::on("chunk_brk", common::PG, &amqp).await;
+    res.config.max_message_bytes = (BROKER_LIMIT / 2) as u64;
+    res.config.chunk_size = 500;
+    let app = TestApp::start_with(res, demo_zone()).await;
+    let key = app.res.key("acme").await;
+    let domains = ["lumen.example", "brightwave.example"];
+    let contacts: Vec<Value> = (0..2_000)
+        .map(|i| {
+            json!({
+                "full_name": format!("Person {i}"),
+                "title": pad(&format!("Title {i} "), 512),
+                "company_name": pad(&format!("Company {i} "), 512),
+                "email": format!("p{i}@{}", domains[i % 2]),
+                "company_domain": domains[i % 2],
+            })
+        })
+        .collect();
+    let body = json!({
+        "preset": "verify_existing_emails",
+        "input_assets": {"contacts": contacts},
+    });
+    assert!(body.to_string().len() > 16 * BROKER_LIMIT);
+    let resp = app.post_job(&key, &body).await;
+    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+    let job_id = resp.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = wait_terminal(&app.base, &key, &job_id, Duration::from_secs(180)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let result = app
+        .get_json(&key, &format!("/api/v1/bd/jobs/{job_id}/result"))
+        .await;
+    assert_eq!(result["summary"]["delivered_contacts"], 2_000, "{result}");
+    app.stop().await;
+    drop(rabbit);
+}

@@ -95,6 +95,11 @@ pub struct Rabbit {
 
 impl Rabbit {
     pub fn start(count: usize) -> Self {
+        Self::start_with(count, "")
+    }
+
+    /// `count` clustered nodes whose rabbitmq.conf also holds `extra` (lines of its own format).
+    pub fn start_with(count: usize, extra: &str) -> Self {
         let home = tempfile::Builder::new()
             .prefix("bdjt-rabbit")
             .tempdir()
@@ -122,7 +127,7 @@ impl Rabbit {
             std::fs::create_dir_all(&node.dir).unwrap();
             std::fs::write(
                 node.dir.join("rabbitmq.conf"),
-                format!("listeners.tcp.1 = 127.0.0.1:{}\n", node.port),
+                format!("listeners.tcp.1 = 127.0.0.1:{}\n{extra}", node.port),
             )
             .unwrap();
             // No plugins: the management plugin would want the default broker's port 15672.
