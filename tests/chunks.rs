@@ -46,6 +46,24 @@ async fn wait_terminal(app_base: &str, key: &str, job_id: &str, limit: Duration)
     }
 }
 
+/// Posts a job, waits for it to end and asserts it completed: its id and final view.
+async fn run_to_completion(
+    app: &TestApp,
+    key: &str,
+    body: &Value,
+    limit: Duration,
+) -> (String, Value) {
+    let resp = app.post_job(key, body).await;
+    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+    let job_id = resp.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = wait_terminal(&app.base, key, &job_id, limit).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    (job_id, job)
+}
+
 fn pad(prefix: &str, n: usize) -> String {
     let mut s = prefix.to_owned();
     while s.chars().count() < n {
@@ -89,14 +107,7 @@ async fn a_ten_thousand_record_job_with_512_character_fields_completes_with_ever
         "preset": "verify_existing_emails",
         "input_assets": {"contacts": contacts},
     });
-    let resp = app.post_job(&key, &body).await;
-    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
-    let job_id = resp.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let job = wait_terminal(&app.base, &key, &job_id, Duration::from_secs(300)).await;
-    assert_eq!(job["status"], "completed", "{job}");
+    let (job_id, job) = run_to_completion(&app, &key, &body, Duration::from_secs(300)).await;
     assert_eq!(job["progress_percent"], 100);
     let result = app
         .get_json(&key, &format!("/api/v1/bd/jobs/{job_id}/result"))
@@ -379,14 +390,7 @@ async fn a_broker_that_refuses_big_messages_still_runs_a_big_job() {
         "input_assets": {"contacts": contacts},
     });
     assert!(body.to_string().len() > 16 * BROKER_LIMIT);
-    let resp = app.post_job(&key, &body).await;
-    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
-    let job_id = resp.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let job = wait_terminal(&app.base, &key, &job_id, Duration::from_secs(180)).await;
-    assert_eq!(job["status"], "completed", "{job}");
+    let (job_id, _) = run_to_completion(&app, &key, &body, Duration::from_secs(180)).await;
     let result = app
         .get_json(&key, &format!("/api/v1/bd/jobs/{job_id}/result"))
         .await;

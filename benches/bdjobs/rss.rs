@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 pub const LIMIT_MB: f64 = 100.0;
 
 /// A `Vm*` field of /proc/PID/status, in MB.
-fn vm_mb(pid: u32, field: &str) -> anyhow::Result<f64> {
+pub fn vm_mb(pid: u32, field: &str) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status (Linux only)"))?;
     let line = status

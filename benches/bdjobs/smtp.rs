@@ -12,7 +12,6 @@
 
 use crate::report::{Report, Row};
 use crate::Scale;
-use anyhow::Context;
 use bdjobs::adapters::dns::HickoryMailResolver;
 use bdjobs::adapters::dns_stub::{StubDns, StubZone};
 use bdjobs::adapters::smtp::TcpSmtpProber;
@@ -85,18 +84,9 @@ fn bound(
         .unwrap_or_default()
 }
 
+/// A `Vm*` field of this process's status, in MB (the stubs run in it too).
 fn vm_mb(field: &str) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("Linux only")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| format!("no {field}"))?;
-    let kb: f64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("malformed status line")?
-        .parse()?;
-    Ok(kb * 1024.0 / 1_000_000.0)
+    crate::rss::vm_mb(std::process::id(), field)
 }
 
 pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
