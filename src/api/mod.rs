@@ -1,6 +1,10 @@
 //! The API role: a thin axum server over the read model, plus the outbox relay that makes sure
 //! every accepted job's command reaches the broker. The server is hyper's HTTP/1.1 connection
 //! builder rather than `axum::serve`, for the header-read timeout against slow clients.
+//!
+//! Routes are declared once, in [`bd_routes`] and [`documented`], through utoipa-axum's
+//! `routes!`: the router serves them and the OpenAPI document ([`openapi`]) is generated from
+//! them and from the handlers' `#[utoipa::path]` annotations.
 
 pub mod auth;
 pub mod console;
