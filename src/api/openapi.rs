@@ -622,3 +622,24 @@ fn refine_headers(response: &mut Value, status: &str, at: &str, shared: &mut Map
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrapped_doc_comment_reads_as_one_line_but_lists_and_paragraphs_stay() {
+        assert_eq!(unwrap_lines("one\ntwo"), "one two");
+        assert_eq!(unwrap_lines("para\n\nnext"), "para\n\nnext");
+        assert_eq!(unwrap_lines("list:\n- a\n- b"), "list:\n- a\n- b");
+    }
+
+    #[test]
+    fn an_undescribed_header_stops_the_document_from_being_built() {
+        let mut response = json!({"headers": {"X-Unknown": {"schema": {"type": "string"}}}});
+        let refined = std::panic::catch_unwind(move || {
+            refine_headers(&mut response, "200", "test", &mut Map::new())
+        });
+        assert!(refined.is_err());
+    }
+}
