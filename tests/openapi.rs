@@ -163,6 +163,7 @@ fn created_view(preset: Option<Preset>) -> JobView {
         // Sub-second precision on purpose: the API must render seconds only.
         Utc::now(),
         Event::Created(Created {
+            webhook_url: None,
             preset,
             requested_capabilities: caps
                 .into_iter()
