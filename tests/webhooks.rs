@@ -366,13 +366,25 @@ async fn every_terminal_job_is_delivered_once_by_id_in_order_across_a_sigkill_an
     let first = Dispatcher::start(res);
     let demo = common::demo_job();
 
-    // Another account has no endpoint: a job naming a URL has nothing to be signed with.
+    // Another account has no endpoint, so nothing to sign with: its job runs unannounced, and
+    // says why.
     let mut with_url = demo.clone();
     with_url["webhook_url"] = json!(receiver.url("/hook"));
+    let unannounced = common::create_job(&base, &other_key, &with_url).await;
+    assert!(
+        unannounced["warnings"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(bdjobs::api::jobs::NO_ENDPOINT_WARNING)),
+        "{unannounced}"
+    );
+    // A URL that is not https is refused (private targets allow http, so this one is ftp).
+    let mut not_https = demo.clone();
+    not_https["webhook_url"] = json!("ftp://127.0.0.1/hook");
     let resp = reqwest::Client::new()
         .post(format!("{base}/api/v1/bd/jobs"))
-        .bearer_auth(&other_key)
-        .json(&with_url)
+        .bearer_auth(&key)
+        .json(&not_https)
         .send()
         .await
         .unwrap();
@@ -450,6 +462,9 @@ async fn every_terminal_job_is_delivered_once_by_id_in_order_across_a_sigkill_an
         );
     }
     wait_terminal(res, &jobs).await;
+    // Ended too, and queued nothing (checked by the count of deliveries below).
+    let unannounced = unannounced["job_id"].as_str().unwrap().to_owned();
+    wait_terminal(res, std::slice::from_ref(&unannounced)).await;
     until(
         "an attempt to fail on the outage",
         Duration::from_secs(60),

@@ -290,16 +290,14 @@ pub async fn create_job(
         }
     }
     let (plan, input) = validate(body, origins, request.file_problems.clone())?;
-    // A job's own URL is signed with its tenant's secret, which only an endpoint holds.
-    if body.webhook_url.is_some() && !db::webhooks::has_endpoint(&state.pool, &caller.0).await? {
-        return Err(ApiError::Unprocessable(
-            "webhook_url: this account has no webhook endpoint, so there is no secret to sign \
-             with; ask the operator to register one"
-                .to_owned(),
-        ));
+    let mut warnings = job_warnings(body, &plan, &input, &request.ignored_columns);
+    // A job's own URL is signed with its tenant's secret, which only an endpoint holds: without
+    // one the job runs, unannounced, and says why.
+    let mut webhook_url = body.webhook_url.clone();
+    if webhook_url.is_some() && !db::webhooks::has_endpoint(&state.pool, &caller.0).await? {
+        webhook_url = None;
+        warnings.push(NO_ENDPOINT_WARNING.to_owned());
     }
-    let webhook_url = body.webhook_url.clone();
-    let warnings = job_warnings(body, &plan, &input, &request.ignored_columns);
     let icp_config = body.icp_config.clone().unwrap_or_default();
     let shape = input_shape(&input, &icp_config);
     let job = JobRef {
@@ -455,6 +453,10 @@ pub async fn get_job(
 ) -> Result<Response, ApiError> {
     Ok(json_bytes(rendered(&state, &caller, &job_id).await?.job))
 }
+
+/// The warning of a job that names a `webhook_url` for an account with no webhook endpoint.
+pub const NO_ENDPOINT_WARNING: &str = "webhook_url ignored: this account has no webhook endpoint, \
+so there is no secret to sign with; ask the operator to register one";
 
 /// `GET /bd/jobs/{id}/webhooks`: the job's webhook deliveries and their attempts.
 pub async fn job_webhooks(
