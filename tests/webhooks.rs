@@ -663,6 +663,34 @@ async fn every_terminal_job_is_delivered_once_by_id_in_order_across_a_sigkill_an
         0
     );
 
+    // A new secret signs what is sent from then on; the old one no longer verifies.
+    let out = cli(res, &["webhooks", "rotate-secret", "--tenant", "acme"]);
+    let rotated = out.lines().last().unwrap().to_owned();
+    assert!(rotated.starts_with("whsec_") && rotated != secret, "{out}");
+    let after = common::create_job(&base, &key, &demo).await["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = &receiver;
+    let a = after.as_str();
+    until(
+        "the delivery after the rotation",
+        Duration::from_secs(60),
+        || async move {
+            r.seen()
+                .iter()
+                .any(|s| s.answered == 200 && s.body.contains(a))
+        },
+    )
+    .await;
+    let signed_after: Vec<Seen> = receiver
+        .seen()
+        .into_iter()
+        .filter(|s| s.body.contains(a))
+        .collect();
+    assert_eq!(python_verifies(&rotated, &signed_after), signed_after.len());
+    assert_eq!(python_verifies(&secret, &signed_after), 0);
+
     shutdown.cancel();
     for role in roles {
         tokio::time::timeout(Duration::from_secs(30), role)
