@@ -1,9 +1,10 @@
-//! The BD jobs endpoints: create (with `Idempotency-Key`), list, status, result, asset download.
+//! The BD jobs endpoints: create (with `Idempotency-Key`), list, status, result, asset download,
+//! webhook deliveries.
 
 use super::auth::Caller;
 use super::error::ApiError;
 use super::range;
-use super::render::{JobBody, Rendered, Timestamp};
+use super::render::{JobBody, Rendered, Timestamp, WebhookDeliveries};
 use super::upload::JobRequest;
 use super::AppState;
 use crate::adapters::broker::{Outgoing, RUN_JOB_KEY};
@@ -119,6 +120,14 @@ pub struct CreateJob {
     /// Optional UUID of a conversation to associate the job with.
     #[serde(default)]
     pub chat_id: Option<Uuid>,
+    /// Optional https URL to post the job's outcome to (job.completed, job.failed or
+    /// job.cancelled), signed per the Standard Webhooks spec with the secret of the caller's
+    /// webhook endpoint, instead of that endpoint's URL. An account with no endpoint has no
+    /// secret: the URL is then ignored, with a warning. Never posted to an internal address
+    /// (unless the operator allows private targets, which also allows http).
+    #[serde(default)]
+    #[schema(format = "uri", pattern = "^https://", max_length = 2048)]
+    pub webhook_url: Option<String>,
 }
 
 fn parse_job_id(s: &str) -> Result<JobId, ApiError> {
@@ -370,6 +379,10 @@ pub async fn create_job(
     let idem_key = idempotency_key(&headers)?;
     let (origins, body_hash) = (request.origins(), request.hash);
     let body = &request.body;
+    if let Some(url) = &body.webhook_url {
+        crate::domain::webhooks::check_url(url, state.webhook_allow_private)
+            .map_err(ApiError::Unprocessable)?;
+    }
     if dry {
         let (plan, input) = validate(body, origins, request.file_problems.clone())?;
         let warnings = job_warnings(body, &plan, &input, &request.ignored_columns);
@@ -390,7 +403,14 @@ pub async fn create_job(
         }
     }
     let (plan, input) = validate(body, origins, request.file_problems.clone())?;
-    let warnings = job_warnings(body, &plan, &input, &request.ignored_columns);
+    let mut warnings = job_warnings(body, &plan, &input, &request.ignored_columns);
+    // A job's own URL is signed with its tenant's secret, which only an endpoint holds: without
+    // one the job runs, unannounced, and says why.
+    let mut webhook_url = body.webhook_url.clone();
+    if webhook_url.is_some() && !db::webhooks::has_endpoint(&state.pool, &caller.0).await? {
+        webhook_url = None;
+        warnings.push(NO_ENDPOINT_WARNING.to_owned());
+    }
     let icp_config = body.icp_config.clone().unwrap_or_default();
     let shape = input_shape(&input, &icp_config);
     let job = JobRef {
@@ -405,6 +425,7 @@ pub async fn create_job(
         chat_id: body.chat_id,
         companies: shape.companies,
         contacts: shape.contacts,
+        webhook_url,
     })
     .into_envelope(&job, Position::ORIGIN, now);
     let view = JobView::created(
@@ -558,6 +579,41 @@ pub async fn get_job(
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(json_bytes(rendered(&state, &caller, &job_id).await?.job))
+}
+
+/// The warning of a job that names a `webhook_url` for an account with no webhook endpoint.
+pub const NO_ENDPOINT_WARNING: &str = "webhook_url ignored: this account has no webhook endpoint, \
+so there is no secret to sign with; ask the operator to register one";
+
+/// `GET /bd/jobs/{id}/webhooks`: the job's webhook deliveries and their attempts.
+#[utoipa::path(
+    get,
+    path = "/bd/jobs/{job_id}/webhooks",
+    operation_id = "listBdJobWebhooks",
+    tag = "bd-jobs",
+    summary = "List a BD job's webhook deliveries",
+    description = "The webhooks sent (or to be sent) for one of the caller's jobs when it ended, each with its attempts: time, status code, latency, and the next retry.",
+    params(("job_id" = Uuid, Path, description = super::openapi::JOB_ID, example = json!(super::openapi::JOB_ID_EXAMPLE))),
+    responses(
+        (status = 200, description = "The job's deliveries.", body = WebhookDeliveries,
+            example = json!({"job_id": "a1b2c3d4-e5f6-7890-abcd-ef1234567890", "deliveries": [{"webhook_id": "msg_5f0c2b9e8a7d4c1b9e2f3a4b5c6d7e8f", "event": "job.completed", "state": "delivered", "created_at": "2026-04-08T12:07:10Z", "next_attempt_at": null, "attempts": [{"attempt": 1, "attempted_at": "2026-04-08T12:07:10.120Z", "status_code": 503, "latency_ms": 84, "error": null, "next_attempt_at": "2026-04-08T12:07:15.310Z"}, {"attempt": 2, "attempted_at": "2026-04-08T12:07:15.402Z", "status_code": 200, "latency_ms": 41, "error": null, "next_attempt_at": null}]}]})),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::JobNotFound),
+        (status = 429, response = super::openapi::TooManyRequests),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Busy),
+    )
+)]
+pub async fn job_webhooks(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(job_id): Path<String>,
+) -> Result<Json<WebhookDeliveries>, ApiError> {
+    let id = parse_job_id(&job_id)?;
+    let deliveries = db::webhooks::deliveries_of_job(&state.pool, &caller.0, id)
+        .await?
+        .ok_or(ApiError::NotFound("job not found"))?;
+    Ok(Json(WebhookDeliveries::of(id, &deliveries)))
 }
 
 /// A job's two bodies: from the cache of finished jobs, or read and rendered (and kept, when

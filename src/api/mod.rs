@@ -55,6 +55,9 @@ pub struct AppState {
     /// Cancelled when the server stops: ends open event streams, which would otherwise hold
     /// graceful shutdown until their jobs finish.
     pub shutdown: CancellationToken,
+    /// Whether a job's `webhook_url` may name an internal address or use `http://`
+    /// (`BDJOBS_WEBHOOK_ALLOW_PRIVATE`).
+    pub webhook_allow_private: bool,
 }
 
 impl AppState {
@@ -80,7 +83,13 @@ impl AppState {
             ))),
             published,
             shutdown: CancellationToken::new(),
+            webhook_allow_private: false,
         }
+    }
+
+    pub fn with_webhook_allow_private(mut self, allow: bool) -> Self {
+        self.webhook_allow_private = allow;
+        self
     }
 }
 
@@ -199,6 +208,7 @@ pub fn bd_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::get_result))
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(events::job_events))
+        .routes(routes!(jobs::job_webhooks))
         // The handler skips storage for a HEAD.
         .routes(routes!(jobs::get_asset, jobs::head_asset))
 }

@@ -35,37 +35,8 @@ pub const ASSET_ID: &str = "Id of one result asset, as listed in the result's `r
 /// What an `X-Correlation-Id` or `X-Request-Id` may be.
 pub const ANY_CORRELATION: &str = "Any value is accepted: one that is not 1 to 128 visible ASCII characters is replaced by a fresh UUID.";
 
-/// The example of the seed's `GET /api/v1/bd/jobs/{job_id}/result` page, verbatim: its shape is
-/// binding, and the document shows it as the result's example.
-pub const SEED_RESULT_EXAMPLE: &str = r#"{
-  "result_id": "f9e8d7c6-b5a4-3210-fedc-ba9876543210",
-  "job_id": "a1b2c3d4-e5f6-7890-abcd-ef1234567890",
-  "status": "completed",
-  "progress_percent": 100,
-  "progress_message": "Job complete.",
-  "summary": {
-    "delivered_contacts": 18,
-    "verified_emails": 14,
-    "companies_processed": 2
-  },
-  "warnings": [],
-  "result_assets": [
-    {
-      "asset_id": "verified_contacts",
-      "label": "Verified Contacts",
-      "kind": "contacts",
-      "mime_type": "application/json",
-      "availability": "inline",
-      "download_url": "/api/v1/bd/jobs/a1b2c3d4-e5f6-7890-abcd-ef1234567890/assets/verified_contacts"
-    }
-  ],
-  "created_at": "2026-04-08T12:08:12Z",
-  "completed_at": "2026-04-08T12:08:12Z"
-}"#;
-
-pub fn seed_result_example() -> Value {
-    serde_json::from_str(SEED_RESULT_EXAMPLE).expect("the seed example is JSON")
-}
+/// The seed's result example, shown as the result's example (kept beside the body it shows).
+pub use crate::domain::render::{seed_result_example, SEED_RESULT_EXAMPLE};
 
 /// The document as served, built on first use.
 pub fn document() -> &'static Bytes {
@@ -289,10 +260,13 @@ const INPUT_SCHEMAS: [&str; 4] = ["RawCompany", "RawContact", "IcpConfig", "Exec
 
 /// The schemas of what the API answers with: serialised from structs, so every property is
 /// always present (null when it has no value), and nothing else is.
-const BODY_SCHEMAS: [&str; 11] = [
+const BODY_SCHEMAS: [&str; 14] = [
     "Job",
     "JobResult",
     "ResultAsset",
+    "WebhookDeliveries",
+    "WebhookDelivery",
+    "WebhookAttempt",
     "JobCreated",
     "JobCheck",
     "JobList",

@@ -1,17 +1,22 @@
-//! The JSON bodies of a job and of its result, rendered from its view: `GET /bd/jobs/{id}` (and
-//! the job list, the cancel answer and the event stream's `progress`) and `GET .../result`, in
-//! the seed's shape. Pure; the view cache keeps bodies rendered here. Each body is a type, and
-//! the OpenAPI document's schema of it is derived from that type (`api::openapi`).
+//! The JSON bodies the API answers with, rendered from views: a job's two (`GET /bd/jobs/{id}`,
+//! also the job list, the cancel answer and the event stream's `progress`, and
+//! `GET .../result`), built in `domain::render` because the webhook payload shares them, and
+//! kept here rendered once for the view cache; and a job's webhook deliveries
+//! (`GET .../webhooks`). Pure. Each body is a type, and the OpenAPI document's schema of it is
+//! derived from that type (`api::openapi`).
 
+use crate::adapters::db::webhooks::{AttemptInfo, DeliveryInfo};
 use crate::domain::ids::JobId;
-use crate::domain::job::{JobStatus, JobView, ResultView};
-use crate::domain::plan::{Capability, Preset};
-use crate::domain::stages::Summary;
+use crate::domain::job::JobView;
 use axum::body::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
-use uuid::Uuid;
+
+// One renderer: the API's bodies are the domain's, which the webhook payload shares.
+pub use crate::domain::render::{
+    job_json, opt_ts, result_json, ts, ts_ms, Availability, JobBody, ResultAssetBody, ResultBody,
+    Timestamp,
+};
 
 /// A job's two bodies, rendered once.
 #[derive(Clone)]
@@ -34,199 +39,110 @@ impl Rendered {
     }
 }
 
-/// A timestamp as the API writes it: RFC 3339, UTC, whole seconds, `Z`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(transparent)]
-#[schema(
-    value_type = String,
-    format = DateTime,
-    pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$",
-    description = "RFC 3339 timestamp in UTC, seconds precision, `Z` suffix.",
-    example = "2026-04-08T12:08:12Z"
-)]
-pub struct Timestamp(pub String);
-
-impl From<DateTime<Utc>> for Timestamp {
-    fn from(t: DateTime<Utc>) -> Self {
-        Timestamp(ts(t))
-    }
-}
-
-pub fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-pub fn opt_ts(t: Option<DateTime<Utc>>) -> Option<Timestamp> {
-    t.map(Timestamp::from)
-}
-
-/// `GET /bd/jobs/{id}`: a job's status and progress.
+/// `GET /bd/jobs/{id}/webhooks`: each delivery (its `webhook_id` as the receiver sees it) with
+/// its attempts, oldest first.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-#[schema(as = Job, description = "A job's status and progress.")]
-pub struct JobBody {
+#[schema(description = "A job's webhook deliveries.")]
+pub struct WebhookDeliveries {
     #[schema(value_type = Uuid)]
     pub job_id: JobId,
-    pub status: JobStatus,
-    /// Never decreases; 100 only once `completed`.
-    #[schema(minimum = 0, maximum = 100)]
-    pub progress_percent: u8,
-    /// Human-readable current stage, e.g. `Queued.`, `Discovering contacts at 2 companies...`,
-    /// `Job complete.`.
-    pub progress_message: String,
-    /// The preset requested; null when capabilities were listed.
-    pub preset: Option<Preset>,
-    /// The capabilities as planned.
-    pub requested_capabilities: Vec<Capability>,
-    /// Planning warnings, then execution warnings, each once.
-    pub warnings: Vec<String>,
-    /// Why the job failed; null unless `status` is `failed`.
-    pub error_message: Option<String>,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
-    /// When a worker first started the job; null while pending.
-    pub started_at: Option<Timestamp>,
-    /// When the job reached a terminal status; null until then.
-    pub completed_at: Option<Timestamp>,
+    /// Oldest first. Empty when the job has not ended, or its account has no webhook endpoint.
+    pub deliveries: Vec<WebhookDelivery>,
 }
 
-impl JobBody {
-    pub fn of(v: &JobView) -> Self {
-        Self {
-            job_id: v.job_id,
-            status: v.status,
-            progress_percent: v.progress_percent,
-            progress_message: v.progress_message.clone(),
-            preset: v.preset,
-            requested_capabilities: v.requested_capabilities.clone(),
-            warnings: v.warnings.clone(),
-            error_message: v.error_message.clone(),
-            created_at: v.created_at.into(),
-            updated_at: v.updated_at.into(),
-            started_at: opt_ts(v.started_at),
-            completed_at: opt_ts(v.completed_at),
-        }
-    }
-}
-
-/// One downloadable output of a job.
+/// One webhook of a job: an outcome to post, with every attempt at posting it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-#[schema(as = ResultAsset, description = "One downloadable output of a job.")]
-pub struct ResultAssetBody {
-    /// The asset's id within its job.
-    #[schema(
-        value_type = String,
-        pattern = "^[a-z0-9_][a-z0-9_-]{0,63}$",
-        examples("verified_contacts", "verified_contacts_csv")
-    )]
-    pub asset_id: crate::domain::ids::AssetId,
-    /// Human-readable name.
-    #[schema(examples("Verified Contacts", "Verified Contacts (CSV)"))]
-    pub label: String,
-    /// What the asset holds.
-    #[schema(examples("contacts"))]
-    pub kind: String,
-    /// The `Content-Type` the download is served with.
-    #[schema(examples("application/json", "text/csv"))]
-    pub mime_type: String,
-    /// inline: stored and downloadable now via download_url. partial: stored and downloadable
-    /// now, but from a job cancelled mid-run: it holds what the job had done before it stopped.
-    #[schema(value_type = Availability, inline)]
-    pub availability: String,
-    /// Relative URL of `GET /api/v1/bd/jobs/{job_id}/assets/{asset_id}`; send the same bearer
-    /// token.
-    #[schema(
-        format = "uri-reference",
-        pattern = "^/api/v1/bd/jobs/[0-9a-f-]{36}/assets/[a-z0-9_][a-z0-9_-]{0,63}$"
-    )]
-    pub download_url: String,
+pub struct WebhookDelivery {
+    /// The `webhook-id` header of every attempt of this delivery: receivers deduplicate by it.
+    pub webhook_id: String,
+    /// The outcome delivered (also the body's `type`).
+    #[schema(value_type = WebhookEvent, inline)]
+    pub event: String,
+    /// `pending`: to be sent or retried; `delivered`: a 2xx came back; `failed`: given up
+    /// (retries exhausted, or a 4xx other than 408 and 429) and kept for re-sending.
+    #[schema(value_type = WebhookState, inline)]
+    pub state: String,
+    pub created_at: Timestamp,
+    /// When a pending delivery is (re)tried next; null otherwise.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub next_attempt_at: Option<String>,
+    pub attempts: Vec<WebhookAttempt>,
 }
 
-// The values of an asset's `availability`, for the OpenAPI document (the read model keeps it
-// as text).
+/// One attempt at posting a webhook.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookAttempt {
+    /// The attempt's number within its round (a redelivery starts again at 1).
+    #[schema(minimum = 1)]
+    pub attempt: i32,
+    /// When the attempt started (UTC, milliseconds).
+    #[schema(format = DateTime)]
+    pub attempted_at: String,
+    /// The receiver's HTTP status; null when no answer came (timeout, connection refused,
+    /// address not allowed).
+    pub status_code: Option<i32>,
+    /// How long the attempt took.
+    #[schema(minimum = 0)]
+    pub latency_ms: i32,
+    /// Why no answer came, when none did.
+    pub error: Option<String>,
+    /// When the next attempt was scheduled after this one; null after a success or when the
+    /// delivery was given up.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub next_attempt_at: Option<String>,
+}
+
+// The values of a delivery's `event` and `state`, for the OpenAPI document (the database keeps
+// them as text).
+#[derive(ToSchema)]
+pub enum WebhookEvent {
+    #[schema(rename = "job.completed")]
+    Completed,
+    #[schema(rename = "job.failed")]
+    Failed,
+    #[schema(rename = "job.cancelled")]
+    Cancelled,
+}
+
 #[derive(ToSchema)]
 #[schema(rename_all = "snake_case")]
-pub enum Availability {
-    Inline,
-    Partial,
+pub enum WebhookState {
+    Pending,
+    Delivered,
+    Failed,
 }
 
-/// `GET /bd/jobs/{id}/result`: the seed's shape, field for field.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[schema(
-    as = JobResult,
-    description = "A job's result: summary and downloadable assets. Available at any status; before completion `result_id` and `created_at` are null, `summary` is all zeros and `result_assets` is empty.",
-    example = json!(crate::api::openapi::seed_result_example())
-)]
-pub struct ResultBody {
-    /// UUID of the result record; null while the job has not produced a result.
-    pub result_id: Option<Uuid>,
-    /// UUID of the parent job.
-    #[schema(value_type = Uuid)]
-    pub job_id: JobId,
-    pub status: JobStatus,
-    /// Completion percentage (0-100).
-    #[schema(minimum = 0, maximum = 100)]
-    pub progress_percent: u8,
-    /// Human-readable current stage description.
-    pub progress_message: String,
-    pub summary: Summary,
-    /// Non-fatal warnings from planning and execution.
-    pub warnings: Vec<String>,
-    /// Downloadable output assets; empty until the job completes.
-    pub result_assets: Vec<ResultAssetBody>,
-    /// When the result record was created; null while there is none.
-    pub created_at: Option<Timestamp>,
-    /// When the job reached a terminal status; null while pending or running.
-    pub completed_at: Option<Timestamp>,
-}
-
-impl ResultBody {
-    pub fn of(v: &JobView) -> Self {
-        let (result_id, summary, assets, created_at) = match &v.result {
-            Some(ResultView {
-                result_id,
-                summary,
-                assets,
-                created_at,
-            }) => (
-                Some(*result_id),
-                summary.clone(),
-                assets.as_slice(),
-                Some(*created_at),
-            ),
-            None => (None, Summary::default(), &[][..], None),
-        };
-        let result_assets = assets
-            .iter()
-            .map(|a| ResultAssetBody {
-                asset_id: a.asset_id.clone(),
-                label: a.label.clone(),
-                kind: a.kind.clone(),
-                mime_type: a.mime_type.clone(),
-                availability: a.availability.clone(),
-                download_url: format!("/api/v1/bd/jobs/{}/assets/{}", v.job_id, a.asset_id),
-            })
-            .collect();
+impl WebhookDeliveries {
+    pub fn of(job: JobId, deliveries: &[DeliveryInfo]) -> Self {
         Self {
-            result_id,
-            job_id: v.job_id,
-            status: v.status,
-            progress_percent: v.progress_percent,
-            progress_message: v.progress_message.clone(),
-            summary,
-            warnings: v.warnings.clone(),
-            result_assets,
-            created_at: opt_ts(created_at),
-            completed_at: opt_ts(v.completed_at),
+            job_id: job,
+            deliveries: deliveries.iter().map(WebhookDelivery::of).collect(),
         }
     }
 }
 
-pub fn job_json(v: &JobView) -> serde_json::Value {
-    serde_json::to_value(JobBody::of(v)).expect("a job body serialises")
+impl WebhookDelivery {
+    fn of(d: &DeliveryInfo) -> Self {
+        Self {
+            webhook_id: crate::domain::webhooks::msg_id(d.delivery_id),
+            event: d.event.clone(),
+            state: d.state.clone(),
+            created_at: d.created_at.into(),
+            next_attempt_at: d.next_attempt_at.map(ts_ms),
+            attempts: d.attempts.iter().map(WebhookAttempt::of).collect(),
+        }
+    }
 }
 
-/// The seed's shape, field for field.
-pub fn result_json(v: &JobView) -> serde_json::Value {
-    serde_json::to_value(ResultBody::of(v)).expect("a result body serialises")
+impl WebhookAttempt {
+    fn of(a: &AttemptInfo) -> Self {
+        Self {
+            attempt: a.attempt,
+            attempted_at: ts_ms(a.attempted_at),
+            status_code: a.status_code,
+            latency_ms: a.latency_ms,
+            error: a.error.clone(),
+            next_attempt_at: a.next_attempt_at.map(ts_ms),
+        }
+    }
 }
