@@ -878,6 +878,25 @@ fn the_multipart_job_part_has_every_field_of_a_json_job_but_its_records() {
 }
 
 #[test]
+fn a_webhook_url_the_document_accepts_is_one_the_handler_checks_by_the_same_rules() {
+    use bdjobs::domain::webhooks::{check_url, MAX_URL_LEN};
+    let d = doc();
+    for name in ["CreateJobRequest", "MultipartJob"] {
+        let field = &d["components"]["schemas"][name]["properties"]["webhook_url"];
+        assert_eq!(field["maxLength"], json!(MAX_URL_LEN), "{name}");
+        let v = validator_for(field.clone());
+        let longest = format!("https://hooks.example/{}", "a".repeat(MAX_URL_LEN - 22));
+        assert_eq!(longest.len(), MAX_URL_LEN);
+        assert!(v.is_valid(&json!(longest)) && check_url(&longest, false).is_ok());
+        let longer = format!("{longest}a");
+        assert!(!v.is_valid(&json!(longer)) && check_url(&longer, false).is_err());
+        let plain = "http://hooks.example/in";
+        assert!(!v.is_valid(&json!(plain)) && check_url(plain, false).is_err());
+        assert!(v.is_valid(&Value::Null));
+    }
+}
+
+#[test]
 fn every_size_band_the_pipeline_writes_is_in_the_document() {
     let d = doc();
     let band = &d["components"]["schemas"]["DeliveredContact"]["properties"]["company_size_band"];

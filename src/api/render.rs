@@ -146,3 +146,45 @@ impl WebhookAttempt {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn a_webhook_listing_serialises_field_for_field_as_the_endpoint_has_always_answered() {
+        let at = Utc.with_ymd_and_hms(2026, 4, 8, 12, 7, 10).unwrap()
+            + chrono::Duration::milliseconds(120);
+        let job = JobId(uuid::Uuid::from_u128(7));
+        let delivery_id = crate::domain::webhooks::delivery_id(job, "job.failed");
+        let deliveries = [DeliveryInfo {
+            delivery_id,
+            event: "job.failed".into(),
+            state: "pending".into(),
+            created_at: at,
+            next_attempt_at: Some(at),
+            attempts: vec![AttemptInfo {
+                attempt: 1,
+                attempted_at: at,
+                status_code: None,
+                latency_ms: 84,
+                error: Some("timed out".into()),
+                next_attempt_at: Some(at),
+            }],
+        }];
+        let out = serde_json::to_string(&WebhookDeliveries::of(job, &deliveries)).unwrap();
+        let expected = format!(
+            concat!(
+                r#"{{"job_id":"00000000-0000-0000-0000-000000000007","deliveries":[{{"#,
+                r#""webhook_id":"msg_{}","event":"job.failed","state":"pending","#,
+                r#""created_at":"2026-04-08T12:07:10Z","next_attempt_at":"2026-04-08T12:07:10.120Z","#,
+                r#""attempts":[{{"attempt":1,"attempted_at":"2026-04-08T12:07:10.120Z","#,
+                r#""status_code":null,"latency_ms":84,"error":"timed out","#,
+                r#""next_attempt_at":"2026-04-08T12:07:10.120Z"}}]}}]}}"#
+            ),
+            delivery_id.simple()
+        );
+        assert_eq!(out, expected);
+    }
+}
