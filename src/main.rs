@@ -101,6 +101,8 @@ it is cancelled; --out FILE saves the completed job's CSV deliverable there."
     /// Print the effective configuration, each setting with its source (flag, env, file or
     /// default); passwords and secrets are masked.
     Config,
+    /// Print the HTTP API's OpenAPI 3.1 document (what GET /api/v1/openapi.json serves).
+    Openapi,
     /// Rebuild the read model (job views, asset index and asset files) from the event log.
     #[command(
         long_about = "Rebuild the read model from the event log: every job's view, its asset index \
@@ -157,6 +159,7 @@ async fn dispatch(loaded: config::Loaded<Cli>) -> anyhow::Result<ExitCode> {
     let config: Config = loaded.cli.config;
     match loaded.cli.command {
         Command::Config => cli::config::run(&config, loaded.file.as_deref(), &loaded.settings),
+        Command::Openapi => cli::openapi::run(),
         Command::Demo { examples, serve } => cli::demo::run(config, &examples, serve).await,
         Command::All => cli::roles::all(&config).await,
         Command::Api => cli::roles::api(&config).await,

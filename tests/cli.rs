@@ -1,6 +1,6 @@
 //! The binary as an operator meets it: settings from flags, environment and bdjobs.toml with
-//! their precedence, `bdjobs config` (sources shown, secrets masked), the two log formats, and
-//! `bdjobs submit` against every role running in the test.
+//! their precedence, `bdjobs config` (sources shown, secrets masked), the two log formats,
+//! `bdjobs openapi`, and `bdjobs submit` against every role running in the test.
 
 mod common;
 
@@ -36,6 +36,18 @@ fn line_of<'a>(text: &'a str, key: &str) -> (&'a str, &'a str) {
         .unwrap_or_else(|| panic!("no line for {key} in:\n{text}"));
     let (value, source) = line.rsplit_once("  # ").unwrap();
     (value.trim_end(), source)
+}
+
+#[test]
+fn bdjobs_openapi_prints_the_document_the_api_serves_without_any_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bdjobs(dir.path(), &[], &["openapi"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let served: serde_json::Value =
+        serde_json::from_slice(bdjobs::api::openapi::document()).unwrap();
+    assert_eq!(printed, served);
+    assert_eq!(printed["openapi"], "3.1.0");
 }
 
 #[test]

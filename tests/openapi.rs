@@ -1,10 +1,11 @@
-//! The hand-written OpenAPI document (`src/api/openapi.json`) against the code it describes: the
-//! routes the router serves, and the JSON the handlers build, validated with a JSON Schema
-//! validator against the document's own schemas. Needs no database or broker.
+//! The OpenAPI document generated from the code (`bdjobs::api::openapi`) against what the code
+//! does: the routes the router serves, who needs a key, and the JSON the handlers build,
+//! validated with a JSON Schema validator against the document's own schemas; and the seed's
+//! result example. Needs no database or broker.
 
 use bdjobs::api::jobs::CreateJob;
-use bdjobs::api::render::{job_json, result_json};
-use bdjobs::api::OPENAPI;
+use bdjobs::api::openapi;
+use bdjobs::api::render::{job_json, result_json, WebhookDeliveries};
 use bdjobs::domain::email::{Check, EmailChecks, EmailStatus};
 use bdjobs::domain::ids::{JobId, MessageId, TenantId};
 use bdjobs::domain::job::JobView;
@@ -18,9 +19,10 @@ use chrono::{Duration, TimeZone, Utc};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
-/// Every route `bdjobs::api::router` serves, as (method, full path). Adding a route to the router
-/// without documenting it (and listing it here) is meant to fail
-/// `the_documented_operations_are_exactly_the_routes_the_router_serves`.
+/// Every route `bdjobs::api::router` serves, as (method, full path). The router and the document
+/// come from one table (`api::documented`), so this list pins what that table holds: a route
+/// added or removed there fails
+/// `the_documented_operations_are_exactly_the_routes_the_router_serves` until it is listed.
 const ROUTES: [(&str, &str); 13] = [
     ("get", "/api/v1/bd/jobs"),
     ("post", "/api/v1/bd/jobs"),
@@ -72,7 +74,7 @@ const SEED_RESULT_EXAMPLE: &str = r#"{
 }"#;
 
 fn doc() -> Value {
-    serde_json::from_str(OPENAPI).expect("src/api/openapi.json is JSON")
+    serde_json::from_slice(openapi::document()).expect("the served document is JSON")
 }
 
 fn seed() -> Value {
@@ -641,7 +643,7 @@ fn a_jobs_webhook_deliveries_match_their_schema_and_a_wrong_state_does_not() {
             attempts: vec![],
         },
     ];
-    let out = bdjobs::api::render::webhooks_json(job, &deliveries);
+    let out = serde_json::to_value(WebhookDeliveries::of(job, &deliveries)).unwrap();
     assert_valid("WebhookDeliveries", &out);
     assert!(out["deliveries"][0]["webhook_id"]
         .as_str()
@@ -837,4 +839,111 @@ fn every_documented_response_example_matches_its_schema() {
             }
         }
     }
+}
+
+// --- the generation ---
+
+#[test]
+fn the_served_document_is_the_generated_one() {
+    assert_eq!(doc(), openapi::generate());
+}
+
+#[test]
+fn the_seed_example_is_the_one_the_code_shows() {
+    assert_eq!(openapi::seed_result_example(), seed());
+    assert_eq!(
+        doc()["components"]["schemas"]["JobResult"]["example"],
+        seed()
+    );
+}
+
+#[test]
+fn the_multipart_job_part_has_every_field_of_a_json_job_but_its_records() {
+    let d = doc();
+    let fields = |name: &str| -> BTreeSet<String> {
+        d["components"]["schemas"][name]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{name} has properties"))
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let mut json_job = fields("CreateJobRequest");
+    assert!(json_job.remove("input_assets"));
+    assert_eq!(fields("MultipartJob"), json_job);
+    let part = validator("MultipartJob");
+    assert!(part.is_valid(&json!({"preset": "verify_existing_emails"})));
+    assert!(!part.is_valid(&json!({"preset": "verify_existing_emails", "input_assets": {}})));
+    assert!(!part.is_valid(&json!({})));
+}
+
+#[test]
+fn a_webhook_url_the_document_accepts_is_one_the_handler_checks_by_the_same_rules() {
+    use bdjobs::domain::webhooks::{check_url, MAX_URL_LEN};
+    let d = doc();
+    for name in ["CreateJobRequest", "MultipartJob"] {
+        let field = &d["components"]["schemas"][name]["properties"]["webhook_url"];
+        assert_eq!(field["maxLength"], json!(MAX_URL_LEN), "{name}");
+        let v = validator_for(field.clone());
+        let longest = format!("https://hooks.example/{}", "a".repeat(MAX_URL_LEN - 22));
+        assert_eq!(longest.len(), MAX_URL_LEN);
+        assert!(v.is_valid(&json!(longest)) && check_url(&longest, false).is_ok());
+        let longer = format!("{longest}a");
+        assert!(!v.is_valid(&json!(longer)) && check_url(&longer, false).is_err());
+        let plain = "http://hooks.example/in";
+        assert!(!v.is_valid(&json!(plain)) && check_url(plain, false).is_err());
+        assert!(v.is_valid(&Value::Null));
+    }
+}
+
+#[test]
+fn every_size_band_the_pipeline_writes_is_in_the_document() {
+    let d = doc();
+    let band = &d["components"]["schemas"]["DeliveredContact"]["properties"]["company_size_band"];
+    let v = validator_for(band.clone());
+    for employees in [
+        0,
+        10,
+        11,
+        50,
+        51,
+        200,
+        201,
+        500,
+        501,
+        1000,
+        1001,
+        5000,
+        5001,
+        10_000,
+        10_001,
+        u32::MAX,
+    ] {
+        let name = bdjobs::domain::stages::size_band(employees);
+        assert!(v.is_valid(&json!(name)), "{name}");
+    }
+    assert!(v.is_valid(&Value::Null));
+    assert!(!v.is_valid(&json!("huge")));
+}
+
+#[test]
+fn every_input_text_field_is_limited_and_refuses_control_characters() {
+    let d = doc();
+    for name in ["RawCompany", "RawContact"] {
+        for (field, schema) in d["components"]["schemas"][name]["properties"]
+            .as_object()
+            .unwrap()
+        {
+            if schema["type"].to_string().contains("string") {
+                assert_eq!(schema["maxLength"], 512, "{name}.{field}");
+                assert!(schema["pattern"].is_string(), "{name}.{field}");
+            }
+        }
+    }
+    let mut bad = json!({"preset": "verify_existing_emails", "input_assets": {"contacts": [{"email": "ada@acme.example"}]}});
+    bad["input_assets"]["contacts"][0]["title"] = json!("CTO\u{7}");
+    assert_invalid("CreateJobRequest", &bad);
+    let mut bad = json!({"preset": "verify_existing_emails", "input_assets": {"contacts": [{"email": "ada@acme.example"}]}});
+    bad["icp_config"] = json!({"industries": vec!["Retail"; 101]});
+    assert_invalid("CreateJobRequest", &bad);
 }

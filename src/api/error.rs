@@ -5,6 +5,7 @@ use crate::adapters::Retryable;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -99,6 +100,20 @@ impl ApiError {
     }
 }
 
+/// The body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error, description = "The body of every error response.")]
+pub struct ErrorBody {
+    /// Human-readable description of the problem.
+    pub detail: String,
+    /// Present on a 422 for invalid input: each problem on its own, naming its JSON path
+    /// (`input_assets.contacts[3].email`) or, for an uploaded file, its line and column
+    /// (`contacts.csv line 5, column company_domain`). `detail` joins them with `; `.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<String>)]
+    pub problems: Option<Vec<String>>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -109,13 +124,11 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let body = match &self {
-            ApiError::Invalid(problems) => {
-                serde_json::json!({ "detail": detail, "problems": problems })
-            }
-            _ => serde_json::json!({ "detail": detail }),
+        let problems = match self {
+            ApiError::Invalid(ref problems) => Some(problems.clone()),
+            _ => None,
         };
-        let mut resp = (status, Json(body)).into_response();
+        let mut resp = (status, Json(ErrorBody { detail, problems })).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -129,6 +129,50 @@ fn job_stream(s: Streaming) -> impl Stream<Item = Result<Event, Infallible>> {
     .flat_map(|events| stream::iter(events.into_iter().map(to_event)))
 }
 
+/// One event of the stream, for the OpenAPI document (the stream itself is written by axum's
+/// `Sse` from [`Cursor::step`]'s output).
+#[derive(utoipa::ToSchema)]
+#[schema(description = "One event: its name and its JSON data.")]
+#[allow(dead_code)] // Never built: a schema of what the stream sends.
+pub struct StreamEvent {
+    #[schema(inline)]
+    event: StreamEventName,
+    /// A `Job` for `progress` and the terminal events; `{"message": "..."}` for `warning`.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+// The names of the stream's events.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum StreamEventName {
+    Progress,
+    Warning,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+#[utoipa::path(
+    get,
+    path = "/bd/jobs/{job_id}/events",
+    operation_id = "streamBdJobEvents",
+    tag = "bd-jobs",
+    summary = "Follow a BD job's progress (Server-Sent Events)",
+    description = "A `text/event-stream` (Server-Sent Events) of one of the caller's jobs, so a client need not poll. Each event's `data` is one JSON object:\n- `progress`: the job, as `GET /api/v1/bd/jobs/{job_id}` returns it; sent on connect and on every change;\n- `warning`: `{\"message\": \"...\"}` for each warning (those already raised first, on connect);\n- `completed`, `failed` or `cancelled`: the job, once; then the server closes the stream.\n\nComment lines (`: keep-alive`) come every 15 s. The server reads the job's state every 250 ms and sends what changed. If the stream ends without a terminal event (the server restarting, or the stream open longer than `BDJOBS_EVENT_STREAM_MAX_SECS`, an hour by default), reconnect: the first `progress` event tells the current state.",
+    params(("job_id" = Uuid, Path, description = super::openapi::JOB_ID, example = json!(super::openapi::JOB_ID_EXAMPLE))),
+    responses(
+        (status = 200, description = "The event stream (it ends after the terminal event; earlier only when the server stops or the stream reaches its maximum age).",
+            content_type = "text/event-stream", body = StreamEvent,
+            example = json!({"event": "warning", "data": "{\"message\":\"1 of 2 companies did not match the ideal-customer profile: acme.example (industry Retail is not in the profile)\"}"})),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::JobNotFound),
+        (status = 429, response = super::openapi::TooManyRequests),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Busy),
+    )
+)]
 pub async fn job_events(
     State(state): State<AppState>,
     caller: Caller,

@@ -4,7 +4,7 @@
 use super::auth::Caller;
 use super::error::ApiError;
 use super::range;
-use super::render::{job_json, ts, Rendered};
+use super::render::{JobBody, Rendered, Timestamp, WebhookDeliveries};
 use super::upload::JobRequest;
 use super::AppState;
 use crate::adapters::broker::{Outgoing, RUN_JOB_KEY};
@@ -16,8 +16,8 @@ use crate::domain::job::{JobStatus, JobView};
 use crate::domain::messages::{
     run_job_command, Created, Event, EventRecord, JobRef, Position, RunJob,
 };
-use crate::domain::plan::{plan, planning_warnings, InputShape, Request};
-use crate::domain::stages::{ExecutionOptions, IcpConfig};
+use crate::domain::plan::{plan, planning_warnings, Capability, InputShape, Preset, Request};
+use crate::domain::stages::{DeliveredContact, ExecutionOptions, IcpConfig};
 use crate::read_model::{self, jobs::Cancel};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
@@ -27,8 +27,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// `Json` whose rejections speak the API's error format: 400 for a body that is not JSON, 413
@@ -92,22 +92,41 @@ where
 #[derive(Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /bd/jobs`. `preset` and the capabilities stay strings here so that the
+/// planner words the refusal of an unknown one; the document gives their enums.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(
+    as = CreateJobRequest,
+    description = "A new BD job. Send exactly one of `preset` and `requested_capabilities` (a field that is null counts as absent): both, or neither, is refused with 422. The planner puts capabilities in their canonical order, drops duplicates and always appends `deliverable_finalize`. Unknown fields are ignored."
+)]
 pub struct CreateJob {
+    /// A named set of capabilities. Mutually exclusive with `requested_capabilities`.
     #[serde(default)]
+    #[schema(value_type = Option<Preset>)]
     pub preset: Option<String>,
+    /// An explicit, non-empty list of capabilities. Mutually exclusive with `preset`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Capability>>, min_items = 1, max_items = 100)]
     pub requested_capabilities: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(required = true)]
     pub input_assets: RawInput,
+    /// Criteria for `qualification`.
     #[serde(default)]
     pub icp_config: Option<IcpConfig>,
+    /// Controls of contact discovery.
     #[serde(default)]
     pub execution_options: Option<ExecutionOptions>,
+    /// Optional UUID of a conversation to associate the job with.
     #[serde(default)]
     pub chat_id: Option<Uuid>,
-    /// Where to post the job's outcome (README "Webhooks"); needs the tenant's endpoint.
+    /// Optional https URL to post the job's outcome to (job.completed, job.failed or
+    /// job.cancelled), signed per the Standard Webhooks spec with the secret of the caller's
+    /// webhook endpoint, instead of that endpoint's URL. An account with no endpoint has no
+    /// secret: the URL is then ignored, with a warning. Never posted to an internal address
+    /// (unless the operator allows private targets, which also allows http).
     #[serde(default)]
+    #[schema(format = "uri", pattern = "^https://", max_length = 2048)]
     pub webhook_url: Option<String>,
 }
 
@@ -118,15 +137,68 @@ fn parse_job_id(s: &str) -> Result<JobId, ApiError> {
         .map_err(|_| ApiError::NotFound("job not found"))
 }
 
-#[derive(Serialize)]
+/// The answer of `POST /bd/jobs` (kept with an `Idempotency-Key`, and answered again to a
+/// repeat).
+#[derive(Serialize, ToSchema)]
+#[schema(as = JobCreated, description = "The accepted job, as `POST /api/v1/bd/jobs` answers.")]
 pub struct CreatedBody {
+    /// The new job's id.
+    #[schema(value_type = Uuid)]
     job_id: JobId,
-    status: &'static str,
+    /// Always `pending` at creation.
+    #[schema(inline)]
+    status: Pending,
+    /// Always 0 at creation.
+    #[schema(minimum = 0, maximum = 0)]
     progress_percent: u8,
-    preset: Option<String>,
-    requested_capabilities: Vec<String>,
+    /// The preset requested; null when `requested_capabilities` was sent.
+    preset: Option<Preset>,
+    /// The capabilities as planned: canonical order, no duplicates, ending with
+    /// `deliverable_finalize`.
+    requested_capabilities: Vec<Capability>,
+    /// Planning warnings: parts of the request that will do nothing (e.g. a company stage with
+    /// no companies).
     warnings: Vec<String>,
-    created_at: String,
+    created_at: Timestamp,
+}
+
+// The status of a job just created.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Pending {
+    Pending,
+}
+
+/// The answer of a dry run.
+#[derive(Serialize, ToSchema)]
+#[schema(
+    description = "The answer of a dry run (`POST /bd/jobs?dry_run=true`): the request is valid and would be accepted with this plan and these warnings; nothing was created."
+)]
+pub struct JobCheck {
+    /// Always true: an invalid request gets 422.
+    valid: bool,
+    /// The preset, or null for explicit capabilities.
+    preset: Option<Preset>,
+    /// The plan, in order, ending with `deliverable_finalize`.
+    requested_capabilities: Vec<Capability>,
+    /// Companies the job would process.
+    companies: usize,
+    /// Contacts the job would process.
+    contacts: usize,
+    /// The warnings the job would start with (planning, ICP ranges, columns of a file that no
+    /// field has).
+    warnings: Vec<String>,
+}
+
+/// One page of `GET /bd/jobs`.
+#[derive(Serialize, ToSchema)]
+#[schema(description = "One page of the caller's jobs.")]
+pub struct JobList {
+    #[schema(max_items = 100)]
+    jobs: Vec<JobBody>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(pattern = "^[0-9a-f]{48}$")]
+    next_cursor: Option<String>,
 }
 
 fn validate(
@@ -254,6 +326,47 @@ fn dry_run(params: &[(String, String)]) -> Result<bool, ApiError> {
     Ok(dry)
 }
 
+#[utoipa::path(
+    post,
+    path = "/bd/jobs",
+    operation_id = "createBdJob",
+    tag = "bd-jobs",
+    summary = "Create a BD job",
+    description = "Validates the request, plans the capabilities, stores the job and queues it for a worker. Answers at once with `202 Accepted`; poll the `Location` to follow it. Authentication is checked before the body is read, so a request with a bad key gets 401 whatever its body. With an `Idempotency-Key` header, a repeated request (same key, same tenant, the same body byte for byte) creates nothing and gets the first answer again, `202` with the same body and `Idempotent-Replayed: true`; the same key with another body gets `409`. Keys are kept as long as their job. With `dry_run=true` the request is validated and planned and nothing is created: 200 with the plan and the warnings, or the same 422 a real request would get (the web console checks an upload this way before offering to submit it).",
+    params(
+        ("dry_run" = Option<bool>, Query, description = "`true`: validate and plan only (200, nothing created); `false` or absent: create the job. Anything else gets 422."),
+        ("Idempotency-Key" = Option<String>, Header, description = "A client-chosen key that makes retries safe: 1 to 255 visible ASCII characters (spaces allowed inside), e.g. a UUID. Scoped to the caller's account.",
+            min_length = 1, max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$", example = "0b7e1e0e-3f0a-4c57-9d43-2f5c9a1e8b10"),
+        ("X-Correlation-Id" = Option<String>, Header, description = "Your trace id for this job: kept when it is 1 to 128 visible ASCII characters, otherwise replaced by a fresh UUID. It follows the job through every role's logs and message headers and is returned in the response. Any value is accepted: one that is not 1 to 128 visible ASCII characters is replaced by a fresh UUID."),
+        ("X-Request-Id" = Option<String>, Header, description = "Used as the correlation id when `X-Correlation-Id` is absent. Any value is accepted: one that is not 1 to 128 visible ASCII characters is replaced by a fresh UUID."),
+    ),
+    request_body(
+        description = "Either a JSON document (`Content-Type: application/json`), or `multipart/form-data` with the records as CSV or JSON Lines files (what `bdjobs submit` and the web console send; e.g. `curl -F 'job={\"preset\":\"verify_existing_emails\"};type=application/json' -F contacts=@contacts.csv`). At most `BDJOBS_MAX_BODY_BYTES` (16 MiB by default).",
+        content(
+            (CreateJob = "application/json", examples(
+                ("preset" = (summary = "A preset over companies and one contact", value = json!({"preset": "full_pipeline", "input_assets": {"companies": [{"name": "Lumen Robotics", "domain": "lumen.example"}], "contacts": [{"first_name": "Priya", "last_name": "Nair", "email": "priya.nair@lumen.example", "company_domain": "lumen.example"}]}, "icp_config": {"icp_gate": "apply", "industries": ["Robotics"], "min_employees": 20}, "execution_options": {"seniorities": ["vp", "director"], "max_contacts_per_company": 5}}))),
+                ("capabilities" = (summary = "Explicit capabilities", value = json!({"requested_capabilities": ["email_verify"], "input_assets": {"contacts": [{"full_name": "Ada Lovelace", "email": "ada@acme.example"}]}, "chat_id": "0b7e1e0e-3f0a-4c57-9d43-2f5c9a1e8b10"}))),
+            )),
+            (super::upload::JobUpload = "multipart/form-data"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Dry run (`dry_run=true`): the request is valid; nothing was created.", body = JobCheck,
+            example = json!({"valid": true, "preset": "verify_existing_emails", "requested_capabilities": ["email_verify", "deliverable_finalize"], "companies": 0, "contacts": 18, "warnings": []})),
+        (status = 202, description = "Accepted: the job is stored and queued.", body = CreatedBody,
+            headers(("Location" = String), ("Idempotent-Replayed" = String), ("X-Correlation-Id" = String)),
+            example = json!({"job_id": "a1b2c3d4-e5f6-7890-abcd-ef1234567890", "status": "pending", "progress_percent": 0, "preset": "verify_existing_emails", "requested_capabilities": ["email_verify", "deliverable_finalize"], "warnings": [], "created_at": "2026-04-08T12:05:40Z"})),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 409, description = "The `Idempotency-Key` was used before with another request body.", body = super::error::ErrorBody,
+            example = json!({"detail": "this Idempotency-Key was already used with a different request body"})),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 422, response = super::openapi::Unprocessable),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 429, response = super::openapi::TooManyRequests),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Busy),
+    )
+)]
 pub async fn create_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -273,14 +386,14 @@ pub async fn create_job(
     if dry {
         let (plan, input) = validate(body, origins, request.file_problems.clone())?;
         let warnings = job_warnings(body, &plan, &input, &request.ignored_columns);
-        return Ok(Json(json!({
-            "valid": true,
-            "preset": plan.preset.map(|p| p.as_str()),
-            "requested_capabilities": plan.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-            "companies": input.companies.len(),
-            "contacts": input.contacts.len(),
-            "warnings": warnings,
-        }))
+        return Ok(Json(JobCheck {
+            valid: true,
+            preset: plan.preset,
+            requested_capabilities: plan.capabilities.clone(),
+            companies: input.companies.len(),
+            contacts: input.contacts.len(),
+            warnings,
+        })
         .into_response());
     }
     if let Some(key) = &idem_key {
@@ -337,16 +450,12 @@ pub async fn create_job(
         })?;
     let out = CreatedBody {
         job_id: job.job_id,
-        status: "pending",
+        status: Pending::Pending,
         progress_percent: 0,
-        preset: view.preset.map(|p| p.as_str().to_owned()),
-        requested_capabilities: view
-            .requested_capabilities
-            .iter()
-            .map(|c| c.as_str().to_owned())
-            .collect(),
+        preset: view.preset,
+        requested_capabilities: view.requested_capabilities.clone(),
         warnings,
-        created_at: ts(now),
+        created_at: now.into(),
     };
     let out = serde_json::to_value(&out).expect("the created body serialises");
     let new_job = read_model::jobs::NewJob {
@@ -446,6 +555,24 @@ fn crash_after_commit_if_testing() {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/bd/jobs/{job_id}",
+    operation_id = "getBdJob",
+    tag = "bd-jobs",
+    summary = "Get a BD job's status",
+    description = "Status and progress of one of the caller's jobs. Poll until `status` is `completed`, `failed` or `cancelled`.",
+    params(("job_id" = Uuid, Path, description = super::openapi::JOB_ID, example = json!(super::openapi::JOB_ID_EXAMPLE))),
+    responses(
+        (status = 200, description = "The job.", body = JobBody,
+            example = json!({"job_id": "a1b2c3d4-e5f6-7890-abcd-ef1234567890", "status": "running", "progress_percent": 40, "progress_message": "Discovering contacts at 2 companies...", "preset": "full_pipeline", "requested_capabilities": ["qualification", "company_size", "contact_discovery", "email_lookup", "email_verify", "deliverable_finalize"], "warnings": [], "error_message": null, "created_at": "2026-04-08T12:05:40Z", "updated_at": "2026-04-08T12:06:02Z", "started_at": "2026-04-08T12:05:41Z", "completed_at": null})),
+        (status = 404, response = super::openapi::JobNotFound),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 429, response = super::openapi::TooManyRequests),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Busy),
+    )
+)]
 pub async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -459,16 +586,34 @@ pub const NO_ENDPOINT_WARNING: &str = "webhook_url ignored: this account has no 
 so there is no secret to sign with; ask the operator to register one";
 
 /// `GET /bd/jobs/{id}/webhooks`: the job's webhook deliveries and their attempts.
+#[utoipa::path(
+    get,
+    path = "/bd/jobs/{job_id}/webhooks",
+    operation_id = "listBdJobWebhooks",
+    tag = "bd-jobs",
+    summary = "List a BD job's webhook deliveries",
+    description = "The webhooks sent (or to be sent) for one of the caller's jobs when it ended, each with its attempts: time, status code, latency, and the next retry.",
+    params(("job_id" = Uuid, Path, description = super::openapi::JOB_ID, example = json!(super::openapi::JOB_ID_EXAMPLE))),
+    responses(
+        (status = 200, description = "The job's deliveries.", body = WebhookDeliveries,
+            example = json!({"job_id": "a1b2c3d4-e5f6-7890-abcd-ef1234567890", "deliveries": [{"webhook_id": "msg_5f0c2b9e8a7d4c1b9e2f3a4b5c6d7e8f", "event": "job.completed", "state": "delivered", "created_at": "2026-04-08T12:07:10Z", "next_attempt_at": null, "attempts": [{"attempt": 1, "attempted_at": "2026-04-08T12:07:10.120Z", "status_code": 503, "latency_ms": 84, "error": null, "next_attempt_at": "2026-04-08T12:07:15.310Z"}, {"attempt": 2, "attempted_at": "2026-04-08T12:07:15.402Z", "status_code": 200, "latency_ms": 41, "error": null, "next_attempt_at": null}]}]})),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::JobNotFound),
+        (status = 429, response = super::openapi::TooManyRequests),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Busy),
+    )
+)]
 pub async fn job_webhooks(
     State(state): State<AppState>,
     caller: Caller,
     Path(job_id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<WebhookDeliveries>, ApiError> {
     let id = parse_job_id(&job_id)?;
     let deliveries = db::webhooks::deliveries_of_job(&state.pool, &caller.0, id)
         .await?
         .ok_or(ApiError::NotFound("job not found"))?;
-    Ok(Json(super::render::webhooks_json(id, &deliveries)))
+    Ok(Json(WebhookDeliveries::of(id, &deliveries)))
 }
 
 /// A job's two bodies: from the cache of finished jobs, or read and rendered (and kept, when
@@ -498,6 +643,24 @@ fn json_bytes(body: axum::body::Bytes) -> Response {
         .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/bd/jobs/{job_id}/result",
+    operation_id = "getBdJobResult",
+    tag = "bd-jobs",
+    summary = "Get a BD job's result",
+    description = "Fetch the output assets and summary for a BD job. Available at any job status; check `status` before accessing assets. Assets are downloaded individually from their `download_url`.",
+    params(("job_id" = Uuid, Path, description = super::openapi::JOB_ID, example = json!(super::openapi::JOB_ID_EXAMPLE))),
+    responses(
+        (status = 200, description = "The result.", body = super::render::ResultBody,
+            example = json!(super::openapi::seed_result_example())),
+        (status = 404, response = super::openapi::JobNotFound),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 429, response = super::openapi::TooManyRequests),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Busy),
+    )
+)]
 pub async fn get_result(
     State(state): State<AppState>,
     caller: Caller,
@@ -555,11 +718,34 @@ pub fn parse_search(q: &str) -> Result<db::jobs::Search, ApiError> {
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/bd/jobs",
+    operation_id = "listBdJobs",
+    tag = "bd-jobs",
+    summary = "List the caller's BD jobs",
+    description = "The caller's jobs, newest first, a page at a time. Follow `next_cursor` (pass it back as `cursor`, with the same `status`) until it is `null`. Jobs created after the first page was read appear on a new listing, not on later pages. `q` searches by job id, chat_id or preset, within the other filters.",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Jobs per page, 1 to 100 (default 20). Anything else gets 422."),
+        ("cursor" = Option<String>, Query, pattern = "^[0-9a-f]{48}$", description = "Where the page starts: the `next_cursor` of the previous page, as it was returned (opaque; any other value gets 422)."),
+        ("status" = Option<JobStatus>, Query, description = "Only jobs of this status. An unknown status gets 422."),
+        ("q" = Option<String>, Query, description = "Search: a job id or a chat_id (a UUID; either matches), a preset's name (jobs of that preset), or 4 or more consecutive characters of a job id (hex digits and dashes, any case; ids begin with their creation time, so jobs of the same minute share their first characters). Anything else gets 422.", example = "full_pipeline"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs.", body = JobList),
+        (status = 422, description = "`limit`, `cursor` or `status` is invalid.", body = super::error::ErrorBody,
+            example = json!({"detail": "limit: expected an integer from 1 to 100"})),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 429, response = super::openapi::TooManyRequests),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Busy),
+    )
+)]
 pub async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
     Query(params): Query<Vec<(String, String)>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<JobList>, ApiError> {
     let mut limit = DEFAULT_PAGE;
     let mut status = None;
     let mut cursor = None;
@@ -615,10 +801,10 @@ pub async fn list_jobs(
     } else {
         None
     };
-    Ok(Json(json!({
-        "jobs": rows.iter().map(|(v, _)| job_json(v)).collect::<Vec<_>>(),
-        "next_cursor": next,
-    })))
+    Ok(Json(JobList {
+        jobs: rows.iter().map(|(v, _)| JobBody::of(v)).collect(),
+        next_cursor: next,
+    }))
 }
 
 fn extension(mime: &str) -> &'static str {
@@ -629,6 +815,35 @@ fn extension(mime: &str) -> &'static str {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/bd/jobs/{job_id}/assets/{asset_id}",
+    operation_id = "getBdJobAsset",
+    tag = "bd-jobs",
+    summary = "Download a result asset",
+    description = "Streams one asset's bytes with the asset's own `Content-Type` (its `mime_type`): `verified_contacts` is `application/json`, `verified_contacts_csv` is `text/csv`. Assets exist once the job has completed.\n\nConditional and partial requests: `If-None-Match` with the asset's `ETag` (or `*`) gets `304`. On an asset that is not JSON (`verified_contacts_csv`), one byte range (`Range: bytes=0-99`, `bytes=100-`, `bytes=-100`) gets `206` with `Content-Range`; a range that starts past the end gets `416` with `Content-Range: bytes */<size>`. Several ranges in one header, a malformed `Range`, or an `If-Range` that is not the current `ETag` get the whole asset with `200` (RFC 9110 lets a server ignore `Range`); so does any `Range` on a JSON asset (`verified_contacts`, `Accept-Ranges: none`), since a slice of a JSON document is not JSON. `HEAD` answers the same headers without the body.",
+    params(
+        ("job_id" = Uuid, Path, description = super::openapi::JOB_ID, example = json!(super::openapi::JOB_ID_EXAMPLE)),
+        ("asset_id" = String, Path, description = super::openapi::ASSET_ID, pattern = "^[a-z0-9_][a-z0-9_-]{0,63}$", max_length = 64, example = "verified_contacts"),
+        ("Range" = Option<String>, Header, description = "One byte range, `bytes=FIRST-LAST`, `bytes=FIRST-` or `bytes=-SUFFIX_LENGTH`."),
+        ("If-None-Match" = Option<String>, Header, description = "ETags the client holds (or `*`): when one is the asset's, the answer is `304` without a body."),
+        ("If-Range" = Option<String>, Header, description = "An ETag: the `Range` is honoured only if it is the asset's current one."),
+    ),
+    responses(
+        (status = 200, description = "The asset's bytes.", headers(("Content-Length" = u64), ("ETag" = String), ("Content-Disposition" = String), ("X-Content-Type-Options" = String), ("Accept-Ranges" = String)),
+            content((Vec<DeliveredContact> = "application/json"), (String = "text/csv"))),
+        (status = 206, description = "The requested byte range of the asset.", headers(("Content-Length" = u64), ("ETag" = String), ("Content-Disposition" = String), ("X-Content-Type-Options" = String), ("Accept-Ranges" = String), ("Content-Range" = String))),
+        (status = 304, description = "The client's copy is current (its `If-None-Match` holds the asset's ETag). No body.", headers(("ETag" = String))),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::AssetNotFound),
+        (status = 416, description = "The `Range` selects no byte of the asset.", body = super::error::ErrorBody,
+            headers(("Content-Range" = String)),
+            example = json!({"detail": "range not satisfiable: the asset has 2048 bytes"})),
+        (status = 429, response = super::openapi::TooManyRequests),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Busy),
+    )
+)]
 /// Streams an asset from storage, never holding more than OpenDAL's chunk in memory. Answers
 /// HEAD with the headers alone, `If-None-Match` with 304, and one `Range` on a non-JSON asset
 /// with 206 (416 when it selects nothing); see `range` for what is served of other ranges.
@@ -701,9 +916,68 @@ pub async fn get_asset(
     Ok(resp)
 }
 
+/// `HEAD` of an asset: [`get_asset`]'s answer without its body (which `get_asset` skips
+/// reading for a HEAD). Its own handler only so that the document lists the operation.
+#[utoipa::path(
+    head,
+    path = "/bd/jobs/{job_id}/assets/{asset_id}",
+    operation_id = "headBdJobAsset",
+    tag = "bd-jobs",
+    summary = "A result asset's headers",
+    description = "The headers `GET` would answer (size, ETag, content type, range), without the body and without reading the stored asset.",
+    params(
+        ("job_id" = Uuid, Path, description = super::openapi::JOB_ID, example = json!(super::openapi::JOB_ID_EXAMPLE)),
+        ("asset_id" = String, Path, description = super::openapi::ASSET_ID, pattern = "^[a-z0-9_][a-z0-9_-]{0,63}$", max_length = 64, example = "verified_contacts"),
+        ("Range" = Option<String>, Header, description = "One byte range, `bytes=FIRST-LAST`, `bytes=FIRST-` or `bytes=-SUFFIX_LENGTH`."),
+        ("If-None-Match" = Option<String>, Header, description = "ETags the client holds (or `*`): when one is the asset's, the answer is `304` without a body."),
+        ("If-Range" = Option<String>, Header, description = "An ETag: the `Range` is honoured only if it is the asset's current one."),
+    ),
+    responses(
+        (status = 200, description = "The asset's bytes. Headers only.", headers(("Content-Length" = u64), ("ETag" = String), ("Content-Disposition" = String), ("X-Content-Type-Options" = String), ("Accept-Ranges" = String))),
+        (status = 206, description = "The requested byte range of the asset. Headers only.", headers(("Content-Length" = u64), ("ETag" = String), ("Content-Disposition" = String), ("X-Content-Type-Options" = String), ("Accept-Ranges" = String), ("Content-Range" = String))),
+        (status = 304, description = "The client's copy is current (its `If-None-Match` holds the asset's ETag). No body.", headers(("ETag" = String))),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::AssetNotFound),
+        (status = 416, description = "The `Range` selects no byte of the asset.", body = super::error::ErrorBody,
+            headers(("Content-Range" = String)),
+            example = json!({"detail": "range not satisfiable: the asset has 2048 bytes"})),
+        (status = 429, response = super::openapi::TooManyRequests),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Busy),
+    )
+)]
+pub async fn head_asset(
+    state: State<AppState>,
+    caller: Caller,
+    method: Method,
+    headers: axum::http::HeaderMap,
+    path: Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    get_asset(state, caller, method, headers, path).await
+}
+
 /// Cancels a job. A pending job is cancelled at once (no worker has started it: its result has
 /// nothing in it); a running one is flagged, and its worker stops at the next stage boundary,
 /// keeping what it has done as partial assets. 409 once the job has finished.
+#[utoipa::path(
+    post,
+    path = "/bd/jobs/{job_id}/cancel",
+    operation_id = "cancelBdJob",
+    tag = "bd-jobs",
+    summary = "Cancel a BD job",
+    description = "Cancels one of the caller's jobs. A `pending` job is cancelled at once (its result stays empty). A `running` job is flagged: its worker stops at the next stage boundary and the job ends `cancelled`, keeping what it had done as assets with `availability: \"partial\"`. A job that finishes before its worker sees the flag ends `completed`. Poll the job for the outcome. 409 once the job is terminal.",
+    params(("job_id" = Uuid, Path, description = super::openapi::JOB_ID, example = json!(super::openapi::JOB_ID_EXAMPLE))),
+    responses(
+        (status = 202, description = "Cancellation accepted; the body is the job as it stands now (already `cancelled` for a job that had not started).", body = JobBody),
+        (status = 404, response = super::openapi::JobNotFound),
+        (status = 409, description = "The job is already completed, failed or cancelled.", body = super::error::ErrorBody,
+            example = json!({"detail": "job is already completed; only pending or running jobs can be cancelled"})),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 429, response = super::openapi::TooManyRequests),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Busy),
+    )
+)]
 pub async fn cancel_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -722,7 +996,7 @@ pub async fn cancel_job(
     };
     state.views.forget(id);
     tracing::info!(job_id = %id, status = view.status.as_str(), "cancellation requested");
-    Ok((StatusCode::ACCEPTED, Json(job_json(&view))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(JobBody::of(&view))).into_response())
 }
 
 #[cfg(test)]

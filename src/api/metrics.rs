@@ -161,6 +161,16 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     resp
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "meta",
+    summary = "Prometheus metrics",
+    description = "Prometheus text format 0.0.4: `bdjobs_http_request_duration_seconds` (histogram by method, route template and status), `bdjobs_jobs` (jobs by status, all accounts), `bdjobs_queue_messages` (messages ready per queue), `bdjobs_projector_lag_seconds` (the largest delay between an event's occurrence and its application over the last minute), `bdjobs_scrape_error` (which of the scrape-time readings failed). No authentication: serve it on an address only your monitoring reaches.",
+    security(()),
+    responses((status = 200, description = "The metrics.", content_type = "text/plain", body = String))
+)]
 /// Each scrape-time reading may fail on its own (the broker down, say) without hiding the rest;
 /// `bdjobs_scrape_error` says which did.
 pub async fn metrics(State(state): State<AppState>) -> Response {

@@ -1,6 +1,10 @@
 //! The API role: a thin axum server over the read model, plus the outbox relay that makes sure
 //! every accepted job's command reaches the broker. The server is hyper's HTTP/1.1 connection
 //! builder rather than `axum::serve`, for the header-read timeout against slow clients.
+//!
+//! Routes are declared once, in [`bd_routes`] and [`documented`], through utoipa-axum's
+//! `routes!`: the router serves them and the OpenAPI document ([`openapi`]) is generated from
+//! them and from the handlers' `#[utoipa::path]` annotations.
 
 pub mod auth;
 pub mod console;
@@ -9,6 +13,7 @@ pub mod events;
 pub mod jobs;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod range;
 pub mod render;
 pub mod upload;
@@ -19,18 +24,18 @@ use crate::config::ApiLimits;
 use crate::read_model::outbox::{self, outbox_relay};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
 use error::ApiError;
 use opendal::Operator;
+use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// The OpenAPI 3 document of this API (hand-written; a test checks it against the router).
-pub const OPENAPI: &str = include_str!("openapi.json");
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Default largest request body: 10,000 records fit comfortably. `BDJOBS_MAX_BODY_BYTES`.
 pub const MAX_BODY_BYTES: usize = ApiLimits::DEFAULT.max_body_bytes;
@@ -88,24 +93,84 @@ impl AppState {
     }
 }
 
-async fn openapi() -> impl IntoResponse {
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "getOpenApiDocument",
+    tag = "meta",
+    summary = "This OpenAPI document",
+    description = "The OpenAPI 3.1 description of this API. No authentication.",
+    security(()),
+    responses((status = 200, description = "The document.", body = Object))
+)]
+async fn openapi_document() -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        OPENAPI,
+        openapi::document().clone(),
     )
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+// The body of `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(inline)]
+    status: Alive,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Alive {
+    Ok,
+}
+
+// The body of `GET /readyz`.
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    #[schema(inline)]
+    status: Readiness,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    Ready,
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "meta",
+    summary = "Liveness",
+    description = "Answers 200 while the process serves HTTP; checks nothing else. No authentication.",
+    security(()),
+    responses((status = 200, description = "Alive.", body = Health, example = json!({"status": "ok"})))
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: Alive::Ok })
 }
 
 /// Ready when the database answers a query and the broker a channel, each within 2 s.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "meta",
+    summary = "Readiness",
+    description = "Answers 200 when the database answers a query and the broker opens a channel, each within 2 s; else 503 with `Retry-After: 1`. No authentication.",
+    security(()),
+    responses(
+        (status = 200, description = "Ready.", body = Ready, example = json!({"status": "ready"})),
+        (status = 503, description = "The database or the broker is unreachable.", body = error::ErrorBody,
+            headers(("Retry-After" = u64)), example = json!({"detail": "database unreachable"})),
+    )
+)]
 async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Ready>, ApiError> {
     let limit = Duration::from_secs(2);
     let database = async {
         let client = state.pool.get().await.ok()?;
@@ -120,7 +185,9 @@ async fn readyz(
     ) {
         return Err(ApiError::Unavailable("broker unreachable"));
     }
-    Ok(Json(serde_json::json!({"status": "ready"})))
+    Ok(Json(Ready {
+        status: Readiness::Ready,
+    }))
 }
 
 async fn not_found() -> ApiError {
@@ -131,29 +198,42 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
+/// The BD endpoints, under `/api/v1`. Every documented route is added through `routes!`,
+/// which takes its path, method and description from the handler's `#[utoipa::path]`: a route
+/// added here is in the OpenAPI document, and one cannot be added any other way.
+pub fn bd_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(jobs::list_jobs, jobs::create_job))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::get_result))
+        .routes(routes!(jobs::cancel_job))
+        .routes(routes!(events::job_events))
+        .routes(routes!(jobs::job_webhooks))
+        // The handler skips storage for a HEAD.
+        .routes(routes!(jobs::get_asset, jobs::head_asset))
+}
+
+/// Every documented route: the BD endpoints (`bd`, as [`bd_routes`] gives them, perhaps
+/// layered) and the public ones, on [`openapi::base`]. The router serves exactly these (plus
+/// the web console and the fallbacks), and the OpenAPI document is generated from them.
+pub fn documented(bd: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .nest("/api/v1", bd.routes(routes!(openapi_document)))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics::metrics))
+}
+
 pub fn router(state: AppState) -> Router {
     let body_limit = state.guard.limits.max_body_bytes;
     // The capacity limits guard the BD endpoints only: health checks and scrapes must keep
     // answering when the API is saturated, or an orchestrator restarts a busy server.
-    let bd = Router::new()
-        .route("/bd/jobs", post(jobs::create_job).get(jobs::list_jobs))
-        .route("/bd/jobs/{job_id}", get(jobs::get_job))
-        .route("/bd/jobs/{job_id}/result", get(jobs::get_result))
-        .route("/bd/jobs/{job_id}/cancel", post(jobs::cancel_job))
-        .route("/bd/jobs/{job_id}/events", get(events::job_events))
-        .route("/bd/jobs/{job_id}/webhooks", get(jobs::job_webhooks))
-        // `get` answers HEAD too (axum drops the body); the handler skips storage for it.
-        .route("/bd/jobs/{job_id}/assets/{asset_id}", get(jobs::get_asset))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            limits::admission,
-        ));
-    let v1 = bd.route("/openapi.json", get(openapi));
-    let app = Router::new()
-        .nest("/api/v1", v1)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::metrics))
+    let bd = bd_routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        limits::admission,
+    ));
+    let (api, _) = documented(bd).split_for_parts();
+    let app = api
         .merge(console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -309,6 +389,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::routing::get;
     use std::sync::{Arc, Mutex};
     use tower::ServiceExt;
 

@@ -6,11 +6,68 @@
 
 use super::error::ApiError;
 use super::jobs::{ApiJson, BodyLimit, CreateJob};
-use crate::domain::input::{Origin, Origins};
+use crate::domain::input::{Origin, Origins, RawCompany, RawContact};
 use crate::domain::table::{self, Format, Kind};
 use axum::extract::{FromRequest, Multipart};
 use axum::http::{header, StatusCode};
 use sha2::{Digest, Sha256};
+
+/// The `job` part of a multipart job, for the OpenAPI document: `CreateJobRequest` without
+/// `input_assets`, derived from [`CreateJob`]'s schema so that the two cannot drift apart.
+pub struct MultipartJob;
+
+impl utoipa::PartialSchema for MultipartJob {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let mut schema = serde_json::to_value(CreateJob::schema()).expect("a schema serialises");
+        if let Some(properties) = schema["properties"].as_object_mut() {
+            properties.shift_remove("input_assets");
+        }
+        if let Some(required) = schema["required"].as_array_mut() {
+            required.retain(|r| r != "input_assets");
+        }
+        schema["description"] = serde_json::json!("The `job` part of a `multipart/form-data` job: the fields of `CreateJobRequest` but `input_assets`, which is refused here (the records come in the `contacts` and `companies` parts). Send exactly one of `preset` and `requested_capabilities`. Unknown fields are ignored.");
+        serde_json::from_value(schema).expect("a schema deserialises")
+    }
+}
+
+impl utoipa::ToSchema for MultipartJob {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <CreateJob as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
+/// A `multipart/form-data` job, for the OpenAPI document: the parts [`JobRequest`] reads.
+#[derive(utoipa::ToSchema)]
+#[schema(
+    description = "A job with its records as a file, as a spreadsheet exports it: the `job` part, and either a `contacts` part or a `companies` part (one file a job; both get 422). Any other part is refused (422): it is most likely a misnamed file. The same limits as a JSON body apply (body size, 10,000 records a list, 512 characters a field)."
+)]
+#[allow(dead_code)] // Never built: the parts are read one by one.
+pub struct JobUpload {
+    job: MultipartJob,
+    /// The contacts as a file: CSV with a header row (columns as in `bdjobs directory import`:
+    /// `first_name`, `last_name`, `full_name`, `title`, `email`, `company_name`,
+    /// `company_domain`, `linkedin_url`), JSON Lines (one object a line), or one JSON array of
+    /// `RawContact` objects (as in `input_assets.contacts`). The format is taken from the file
+    /// name (`.csv`, `.jsonl`, `.ndjson`), else the part's `Content-Type` (`text/csv`,
+    /// `application/x-ndjson`), else the content (`[` a JSON array, `{` JSON Lines, anything
+    /// else CSV). UTF-8, a byte-order mark allowed. CSV and JSON Lines problems name the line
+    /// (the header is line 1); columns no field has are ignored, and named in a warning.
+    /// Documented here as the JSON array.
+    #[schema(value_type = Vec<RawContact>, required = false)]
+    contacts: Option<Vec<RawContact>>,
+    /// The companies as a file: CSV with a header row (columns as in `bdjobs directory
+    /// import`: `domain`, `name`, `employee_count`, `industry`, `country`, `linkedin_url`),
+    /// JSON Lines (one object a line), or one JSON array of `RawCompany` objects (as in
+    /// `input_assets.companies`). The format is taken as for `contacts`. Documented here as
+    /// the JSON array.
+    #[schema(value_type = Vec<RawCompany>, required = false)]
+    companies: Option<Vec<RawCompany>>,
+}
 
 /// A file part, once read.
 pub struct UploadedFile {

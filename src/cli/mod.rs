@@ -5,7 +5,7 @@
 //! - [`roles`]: `all`, `api`, `worker`, `projector`, `webhooks` (the dispatcher), `migrate`;
 //! - [`webhooks`]: `webhooks set | list | rotate-secret | redeliver`, or the dispatcher;
 //! - [`demo`]: the whole system on the sample job;
-//! - [`keys`], [`dlq`], [`import`] (`directory import`), [`watch`], [`config`];
+//! - [`keys`], [`dlq`], [`import`] (`directory import`), [`watch`], [`config`], [`openapi`];
 //! - [`submit`]: a CSV or JSON Lines file posted as a job through the API, then `watch`ed;
 //! - [`replay`] and [`event_log`] (`events export|import|compact`): they print; the work is done
 //!   by `read_model::replay` and `read_model::event_log`, which own the writes.
@@ -16,6 +16,7 @@ pub mod dlq;
 pub mod event_log;
 pub mod import;
 pub mod keys;
+pub mod openapi;
 pub mod replay;
 pub mod roles;
 pub mod submit;

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Overall verdict for one address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(
+    description = "Overall verdict for an address: `verified` (every check passed), `risky` (deliverable but disposable, a role account, a catch-all server or an implicit MX), `invalid` (a check failed definitely; such rows are not delivered), `unknown` (a network check did not finish)."
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EmailStatus {
     Verified,
@@ -31,8 +34,11 @@ pub enum EmailStatus {
 ///   `Fail` = the domain cannot receive mail, `Unknown` = lookup did not finish.
 /// - `smtp`: `Pass` = RCPT accepted, `Warn` = accepted but the server is catch-all,
 ///   `Fail` = RCPT rejected, `Unknown` = probe did not finish, `Skipped` = not probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(
+    description = "Outcome of one check. For `disposable` and `role`, `fail` means the address IS disposable / a role account. `warn`: `mx` only an implicit MX (A/AAAA fallback), `smtp` accepted by a catch-all server. `unknown`: the lookup or probe did not finish. `skipped`: not run."
+)]
 pub enum Check {
     Pass,
     Fail,
@@ -41,7 +47,8 @@ pub enum Check {
     Skipped,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(description = "The individual checks behind `email_status`.")]
 pub struct EmailChecks {
     pub syntax: Check,
     pub disposable: Check,

@@ -77,48 +77,91 @@ pub fn lenient_opt_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A company as posted. Its schema in the OpenAPI document is derived from this type; the
+/// rules every text field shares (length, control characters) are added by
+/// `api::openapi`, which applies them to every string field of the input types.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(
+    description = "A company to process. `domain` is required (a bare domain or a URL: it is lower-cased, IDNA-encoded and stripped of scheme, path, port and `www.`); `name` defaults to the domain. Blank strings count as absent. Unknown fields are ignored."
+)]
 pub struct RawCompany {
+    /// Company name.
     #[serde(default)]
     pub name: Option<String>,
+    /// Company domain or website URL: host names of letters, digits and hyphens, optionally
+    /// with `http(s)://`, a port and a path (which are dropped). The server also accepts
+    /// internationalised names (IDNA), which this pattern does not describe.
     #[serde(default)]
+    #[schema(
+        required = true,
+        value_type = String,
+        min_length = 1,
+        example = "https://www.acme.example/",
+        pattern = r"^([Hh][Tt][Tt][Pp][Ss]?://)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,3}[A-Za-z]([A-Za-z0-9-]{0,20}[A-Za-z0-9])?\.?(:[0-9]{1,5})?([/?#][!-~]{0,200})?$"
+    )]
     pub domain: Option<String>,
+    /// Known head count.
     #[serde(default, deserialize_with = "lenient_opt_u32")]
+    #[schema(value_type = Option<u64>, maximum = 4294967295_u64)]
     pub employee_count: Option<u32>,
+    /// Industry, matched against `icp_config.industries`.
     #[serde(default)]
     pub industry: Option<String>,
+    /// Country, matched against `icp_config.countries`.
     #[serde(default)]
     pub country: Option<String>,
+    /// LinkedIn company page.
     #[serde(default)]
     pub linkedin_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A contact as posted (its schema: see [`RawCompany`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(
+    description = "A contact to process. Needs an `email` or a name (`first_name`/`last_name`/`full_name`); blank strings count as absent. A `full_name` alone is split into first and last name; parts alone are joined into `full_name`. Unknown fields are ignored. Blank means empty or only white space."
+)]
 pub struct RawContact {
+    /// Given name.
     #[serde(default)]
     pub first_name: Option<String>,
+    /// Family name.
     #[serde(default)]
     pub last_name: Option<String>,
+    /// Full name.
     #[serde(default)]
     pub full_name: Option<String>,
+    /// Job title.
     #[serde(default)]
     pub title: Option<String>,
+    /// E-mail address, if known.
     #[serde(default)]
     pub email: Option<String>,
+    /// Employer's name.
     #[serde(default)]
     pub company_name: Option<String>,
+    /// Employer's domain or website URL (normalised like `RawCompany.domain`).
     #[serde(default)]
+    #[schema(
+        pattern = r"^ *$|^([Hh][Tt][Tt][Pp][Ss]?://)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,3}[A-Za-z]([A-Za-z0-9-]{0,20}[A-Za-z0-9])?\.?(:[0-9]{1,5})?([/?#][!-~]{0,200})?$"
+    )]
     pub company_domain: Option<String>,
+    /// LinkedIn profile.
     #[serde(default)]
     pub linkedin_url: Option<String>,
 }
 
 /// `input_assets` as posted.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(
+    as = InputAssets,
+    description = "The records to process: at least one and at most 10000 in `companies` and `contacts` together."
+)]
 pub struct RawInput {
     #[serde(default)]
+    #[schema(max_items = 10000)]
     pub companies: Vec<RawCompany>,
     #[serde(default)]
+    #[schema(max_items = 10000)]
     pub contacts: Vec<RawContact>,
 }
 

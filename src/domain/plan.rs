@@ -5,7 +5,20 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// One unit of BD work. The declaration order is the canonical execution order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[schema(description = "One unit of BD work. The listed order is the execution order.")]
 #[serde(rename_all = "snake_case")]
 pub enum Capability {
     Qualification,
@@ -51,8 +64,11 @@ impl fmt::Display for Capability {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(
+    description = "A named set of capabilities (`deliverable_finalize` is always appended):\n- `full_pipeline`: qualification, company_size, contact_discovery, email_lookup, email_verify;\n- `verify_existing_emails`: email_verify;\n- `company_size_and_email_verify`: company_size, email_verify;\n- `enrich_contacts_from_companies`: contact_discovery, email_lookup, linkedin_enrich."
+)]
 pub enum Preset {
     FullPipeline,
     VerifyExistingEmails,
