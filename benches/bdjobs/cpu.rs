@@ -239,6 +239,10 @@ async fn await_completed(db: &tokio_postgres::Client, total: i64) -> anyhow::Res
 }
 
 struct Run {
+    /// The run's asset folder, removed only when the bench ends: deleting thousands of files
+    /// makes ext4 slower at allocating inodes for a while (it skips recently freed ones), which
+    /// would tax whichever run comes next.
+    _assets: Option<tempfile::TempDir>,
     wall: Duration,
     costs: Costs,
     statements: f64,
@@ -355,6 +359,7 @@ async fn run_bdjobs(
         child.kill().await?;
     }
     Ok(Run {
+        _assets: Some(assets),
         wall,
         costs,
         statements,
@@ -395,6 +400,7 @@ async fn run_celery(pg: &Pg, rabbit: &Rabbit, jobs: usize) -> anyhow::Result<Run
         let _ = client.child.wait().await;
         let (statements, xacts) = stmts.per_job(jobs, polls).await?;
         Ok::<_, anyhow::Error>(Run {
+            _assets: None,
             wall,
             costs,
             statements,
