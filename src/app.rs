@@ -74,16 +74,14 @@ pub fn sources(config: &Config, pool: &Pool) -> anyhow::Result<Sources> {
         )
         .with_job_timeout(Duration::from_secs(config.job_timeout_secs.max(1)))
         .with_progress_every(Duration::from_millis(config.progress_every_ms));
+    if let Some(warning) = identity_warning(config) {
+        tracing::warn!(
+            helo = %config.smtp_helo,
+            mail_from = %config.smtp_mail_from,
+            "{warning}"
+        );
+    }
     if config.smtp_probe == Switch::On {
-        if config.smtp_helo == PLACEHOLDER_HELO || config.smtp_mail_from == PLACEHOLDER_MAIL_FROM {
-            tracing::warn!(
-                helo = %config.smtp_helo,
-                mail_from = %config.smtp_mail_from,
-                "SMTP probing is on with the placeholder identity: real mail servers refuse it. \
-                 Set BDJOBS_SMTP_HELO to a host name whose forward and reverse DNS match this \
-                 machine's public IP, and BDJOBS_SMTP_MAIL_FROM to an address at a domain you own"
-            );
-        }
         sources = sources.with_probing(
             Arc::new(TcpSmtpProber::new(
                 config.smtp_port,
@@ -97,11 +95,24 @@ pub fn sources(config: &Config, pool: &Pool) -> anyhow::Result<Sources> {
     Ok(sources)
 }
 
+/// What a worker says at start-up when it would probe with the placeholder identity, which real
+/// mail servers refuse; nothing when probing is off or the identity is set.
+pub fn identity_warning(config: &Config) -> Option<&'static str> {
+    let placeholder =
+        config.smtp_helo == PLACEHOLDER_HELO || config.smtp_mail_from == PLACEHOLDER_MAIL_FROM;
+    (config.smtp_probe == Switch::On && placeholder).then_some(
+        "SMTP probing is on with the placeholder identity: real mail servers refuse it. \
+         Set BDJOBS_SMTP_HELO to a host name whose forward and reverse DNS match this \
+         machine's public IP, and BDJOBS_SMTP_MAIL_FROM to an address at a domain you own",
+    )
+}
+
 /// The verification engine's settings from the configuration.
 pub fn verify_settings(config: &Config) -> VerifySettings {
     VerifySettings {
         concurrency: config.smtp_concurrency.max(1),
         per_host: config.smtp_per_host.max(1),
+        rcpt_per_session: config.smtp_rcpt_per_session.max(1),
         greylist_wait: Duration::from_secs(config.smtp_greylist_secs),
         cache_ttl: Duration::from_secs(config.smtp_cache_secs),
         allow_private: config.smtp_allow_private == Switch::On,
@@ -220,4 +231,75 @@ pub fn shutdown_on_signals() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct TestCli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn config(flags: &[&str]) -> Config {
+        TestCli::try_parse_from(std::iter::once("bdjobs").chain(flags.iter().copied()))
+            .expect("flags parse")
+            .config
+    }
+
+    const OWN: [&str; 4] = [
+        "--smtp-helo",
+        "probe.example.com",
+        "--smtp-mail-from",
+        "verify@example.com",
+    ];
+
+    #[test]
+    fn probing_with_the_placeholder_identity_is_warned_about() {
+        let helo_only = config(&[
+            "--smtp-probe",
+            "on",
+            "--smtp-helo",
+            "probe.example.com",
+            "--smtp-mail-from",
+            PLACEHOLDER_MAIL_FROM,
+        ]);
+        let warning = identity_warning(&helo_only).expect("a warning");
+        assert!(warning.contains("BDJOBS_SMTP_MAIL_FROM"), "{warning}");
+        let both = config(&[
+            "--smtp-probe",
+            "on",
+            "--smtp-helo",
+            PLACEHOLDER_HELO,
+            "--smtp-mail-from",
+            PLACEHOLDER_MAIL_FROM,
+        ]);
+        assert!(identity_warning(&both).is_some());
+    }
+
+    #[test]
+    fn an_own_identity_or_probing_off_needs_no_warning() {
+        let own: Vec<&str> = ["--smtp-probe", "on"].into_iter().chain(OWN).collect();
+        assert_eq!(identity_warning(&config(&own)), None);
+        let off = config(&[
+            "--smtp-probe",
+            "off",
+            "--smtp-helo",
+            PLACEHOLDER_HELO,
+            "--smtp-mail-from",
+            PLACEHOLDER_MAIL_FROM,
+        ]);
+        assert_eq!(identity_warning(&off), None);
+    }
+
+    #[test]
+    fn the_per_session_recipient_cap_reaches_the_engine() {
+        let c = config(&["--smtp-rcpt-per-session", "7"]);
+        assert_eq!(verify_settings(&c).rcpt_per_session, 7);
+        let zero = config(&["--smtp-rcpt-per-session", "0"]);
+        assert_eq!(verify_settings(&zero).rcpt_per_session, 1);
+    }
 }

@@ -139,6 +139,16 @@ pub struct Config {
     #[arg(long, env = "BDJOBS_SMTP_PER_HOST", default_value_t = 5, global = true)]
     pub smtp_per_host: usize,
 
+    /// Recipients asked in one SMTP session at most; a server that answers `452 too many
+    /// recipients` sooner gets its own lower cap, learnt for the run.
+    #[arg(
+        long,
+        env = "BDJOBS_SMTP_RCPT_PER_SESSION",
+        default_value_t = 50,
+        global = true
+    )]
+    pub smtp_rcpt_per_session: usize,
+
     /// Seconds before a greylisted recipient (4xx on RCPT) is asked again; retried 3 times
     /// within the job's time, then `unknown`.
     #[arg(

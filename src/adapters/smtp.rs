@@ -12,7 +12,7 @@
 //! name resolution goes through the same, possibly loopback, resolver as the MX check.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rand::distr::{Alphanumeric, SampleString};
@@ -76,6 +76,9 @@ pub enum SessionEnd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionReport {
     pub answers: Vec<Vec<RcptAnswer>>,
+    /// When each answer arrived, in the same shape: a greylisting server starts its clock at
+    /// the recipient's first attempt, not at the end of a session of fifty.
+    pub answered_at: Vec<Vec<Instant>>,
     pub end: SessionEnd,
 }
 
@@ -173,6 +176,7 @@ impl TcpSmtpProber {
         s: &mut Session,
         segments: &[Segment],
         answers: &mut [Vec<RcptAnswer>],
+        answered_at: &mut [Vec<Instant>],
     ) -> SessionEnd {
         let greeting = match s.read_reply().await {
             Ok(r) => r,
@@ -208,7 +212,11 @@ impl TcpSmtpProber {
             }
         };
         let mut in_transaction = false;
-        for (segment, found) in segments.iter().zip(answers.iter_mut()) {
+        for ((segment, found), at) in segments
+            .iter()
+            .zip(answers.iter_mut())
+            .zip(answered_at.iter_mut())
+        {
             // Recipients answered without asking the server, by position.
             let mut answered: Vec<Option<RcptAnswer>> = Vec::new();
             let mut to_send = Vec::new();
@@ -223,7 +231,7 @@ impl TcpSmtpProber {
                 }
             }
             if to_send.is_empty() {
-                found.extend(answered.into_iter().flatten());
+                fill(found, at, answered, Vec::new());
                 continue;
             }
             let utf8 = if to_send.iter().any(|r| !r.is_ascii()) {
@@ -253,27 +261,27 @@ impl TcpSmtpProber {
                 let reply = match reply {
                     Ok(r) => r,
                     Err(e) => {
-                        fill(found, answered, replies);
+                        fill(found, at, answered, replies);
                         return e.end();
                     }
                 };
                 if reply.code == 421 {
-                    fill(found, answered, replies);
+                    fill(found, at, answered, replies);
                     return SessionEnd::Busy(format!("server is busy: {reply}"));
                 }
                 if i < first_rcpt {
                     if !reply.is_positive() {
                         // A refused sender says nothing about the recipients.
-                        fill(found, answered, replies);
+                        fill(found, at, answered, replies);
                         let what = if line == "RSET" { "RSET" } else { "the sender" };
                         return SessionEnd::Refused(format!("server refused {what}: {reply}"));
                     }
                     continue;
                 }
-                replies.push(rcpt_answer(reply.code, &reply.text));
+                replies.push((rcpt_answer(reply.code, &reply.text), Instant::now()));
             }
             in_transaction = true;
-            fill(found, answered, replies);
+            fill(found, at, answered, replies);
         }
         SessionEnd::Done
     }
@@ -281,11 +289,20 @@ impl TcpSmtpProber {
 
 /// Merges the answers given without the server with the server's, in recipient order, up to
 /// the first recipient that got neither.
-fn fill(found: &mut Vec<RcptAnswer>, answered: Vec<Option<RcptAnswer>>, replies: Vec<RcptAnswer>) {
+fn fill(
+    found: &mut Vec<RcptAnswer>,
+    at: &mut Vec<Instant>,
+    answered: Vec<Option<RcptAnswer>>,
+    replies: Vec<(RcptAnswer, Instant)>,
+) {
+    let now = Instant::now();
     let mut replies = replies.into_iter();
     for a in answered {
-        match a.or_else(|| replies.next()) {
-            Some(a) => found.push(a),
+        match a.map(|a| (a, now)).or_else(|| replies.next()) {
+            Some((a, when)) => {
+                found.push(a);
+                at.push(when);
+            }
             None => break,
         }
     }
@@ -295,35 +312,42 @@ fn fill(found: &mut Vec<RcptAnswer>, answered: Vec<Option<RcptAnswer>>, replies:
 impl SmtpProber for TcpSmtpProber {
     async fn session(&self, ip: IpAddr, segments: &[Segment]) -> SessionReport {
         let mut answers: Vec<Vec<RcptAnswer>> = segments.iter().map(|_| Vec::new()).collect();
-        let report = |answers, end| SessionReport { answers, end };
+        let mut answered_at: Vec<Vec<Instant>> = segments.iter().map(|_| Vec::new()).collect();
+        let report = |answers, answered_at, end| SessionReport {
+            answers,
+            answered_at,
+            end,
+        };
         for value in [&self.helo_name, &self.mail_from] {
             if let Some(why) = unsendable(value) {
-                return report(answers, SessionEnd::Refused(why));
+                return report(answers, answered_at, SessionEnd::Refused(why));
             }
         }
         let addr = SocketAddr::new(ip, self.port);
         let stream = match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
             Err(_) => {
                 let why = format!("{addr} did not accept a connection in time");
-                return report(answers, SessionEnd::Transient(why));
+                return report(answers, answered_at, SessionEnd::Transient(why));
             }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 let why = format!("{addr} refused the connection");
-                return report(answers, SessionEnd::Busy(why));
+                return report(answers, answered_at, SessionEnd::Busy(why));
             }
             Ok(Err(e)) => {
                 let why = format!("cannot connect to {addr}: {e}");
-                return report(answers, SessionEnd::Transient(why));
+                return report(answers, answered_at, SessionEnd::Transient(why));
             }
             Ok(Ok(stream)) => stream,
         };
         let mut session = Session::new(stream, self.timeout);
-        let end = self.converse(&mut session, segments, &mut answers).await;
+        let end = self
+            .converse(&mut session, segments, &mut answers, &mut answered_at)
+            .await;
         if end == SessionEnd::Done {
             // Politeness only; the verdicts are already known.
             let _ = session.command("QUIT").await;
         }
-        report(answers, end)
+        report(answers, answered_at, end)
     }
 }
 
@@ -827,6 +851,10 @@ mod tests {
                 RcptAnswer::TooMany
             ]
         );
+        // Each answer carries its own arrival time, in order: greylisting clocks start there.
+        let at = &report.answered_at[0];
+        assert_eq!(at.len(), 3);
+        assert!(at.windows(2).all(|w| w[0] <= w[1]), "{at:?}");
     }
 
     #[test]

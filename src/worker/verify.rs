@@ -370,6 +370,10 @@ struct Engine<'a> {
     queues: BTreeMap<IpAddr, Vec<usize>>,
     /// A host's RCPT limit, learnt from a 452.
     caps: HashMap<IpAddr, usize>,
+    /// The session size chosen for a host when its queue filled, kept until the queue runs
+    /// dry: recomputed at each session's end it would shrink, because the host's other sessions
+    /// still running are about to take their share too.
+    batch: HashMap<IpAddr, usize>,
     found: Vec<Option<Found>>,
     /// How many input addresses each unique address stands for.
     weight: Vec<usize>,
@@ -529,6 +533,7 @@ pub async fn verify_addresses(
             rcpts: Vec::new(),
             queues: BTreeMap::new(),
             caps: HashMap::new(),
+            batch: HashMap::new(),
             found,
             weight,
             done,
@@ -674,7 +679,6 @@ impl Engine<'_> {
             let ips: Vec<IpAddr> = self.queues.keys().copied().collect();
             // Breadth first: one session per host per round, so that a worker-wide cap
             // smaller than hosts x per-host limit is shared fairly rather than by address order.
-            let mut sizes: HashMap<IpAddr, usize> = HashMap::new();
             let mut blocked: BTreeSet<IpAddr> = BTreeSet::new();
             loop {
                 let mut dispatched = false;
@@ -686,16 +690,39 @@ impl Engine<'_> {
                     loop {
                         let queue = &self.queues[&ip];
                         if queue.is_empty() {
+                            self.batch.remove(&ip);
                             blocked.insert(ip);
                             break;
                         }
+                        // Greylisting retries fall due one by one, a reply's time apart; held
+                        // for a tenth of the wait after the first is due, they share a session
+                        // instead of taking one each.
+                        let hold = self.settings().greylist_wait / 10;
+                        let retries_from = queue
+                            .iter()
+                            .map(|&r| &self.rcpts[r])
+                            .filter(|rc| rc.greylist_tries > 0)
+                            .map(|rc| rc.due)
+                            .min()
+                            .map(|first| first + hold);
+                        let held = |rc: &Rcpt| {
+                            rc.greylist_tries > 0 && retries_from.is_some_and(|t| t > now)
+                        };
                         let ready: Vec<(usize, bool)> = queue
                             .iter()
-                            .map(|&r| (self.rcpts[r].domain, self.rcpts[r].due <= now))
+                            .map(|&r| &self.rcpts[r])
+                            .map(|rc| (rc.domain, rc.due <= now && !held(rc)))
                             .collect();
                         if let Some(due) = queue
                             .iter()
-                            .map(|&r| self.rcpts[r].due)
+                            .map(|&r| &self.rcpts[r])
+                            .map(|rc| {
+                                if held(rc) {
+                                    rc.due.max(retries_from.unwrap_or(now))
+                                } else {
+                                    rc.due
+                                }
+                            })
                             .filter(|d| *d > now)
                             .min()
                         {
@@ -726,7 +753,7 @@ impl Engine<'_> {
                         // Spread the host's waiting recipients evenly over the sessions it
                         // allows at once: 275 recipients make ten sessions of 28 (two rounds of
                         // five), not five of 50 and a sixth that runs alone.
-                        let size = *sizes.entry(ip).or_insert_with(|| {
+                        let size = *self.batch.entry(ip).or_insert_with(|| {
                             let waiting = ready.iter().filter(|(_, r)| *r).count();
                             let per_host = probing.settings.per_host.max(1);
                             let rounds = waiting.div_ceil(per_host * cap).max(1);
@@ -737,6 +764,7 @@ impl Engine<'_> {
                                 .max(cap / 2)
                                 .clamp(1, cap)
                         });
+                        let size = size.min(cap);
                         let picks = take_batch(&ready, size);
                         let queue = self.queues.get_mut(&ip).expect("queue");
                         let ids: Vec<usize> = picks.iter().map(|&p| queue[p]).collect();
@@ -827,6 +855,21 @@ impl Engine<'_> {
         }
     }
 
+    /// The domain of `r` greylists: its recipients not yet asked go to the front of their
+    /// host's queue, so that their clocks start in the next session rather than rounds later.
+    fn hurry_domain(&mut self, r: usize) {
+        let d = self.rcpts[r].domain;
+        let ip = self.domains[d].targets[self.domains[d].target];
+        let rcpts = &self.rcpts;
+        if let Some(q) = self.queues.get_mut(&ip) {
+            let (first, rest): (Vec<usize>, Vec<usize>) = q
+                .iter()
+                .partition(|&&x| rcpts[x].domain == d && rcpts[x].greylist_tries == 0);
+            *q = first;
+            q.extend(rest);
+        }
+    }
+
     fn requeue(&mut self, r: usize, due: Instant) {
         self.rcpts[r].due = due;
         let d = self.rcpts[r].domain;
@@ -845,8 +888,13 @@ impl Engine<'_> {
         let mut unjudged = Vec::new();
         let mut answered_before_limit = 0;
         let mut hit_limit = false;
-        for (ids, answers) in members.iter().zip(&session.answers) {
+        for ((ids, answers), at) in members
+            .iter()
+            .zip(&session.answers)
+            .zip(&session.answered_at)
+        {
             for (k, &r) in ids.iter().enumerate() {
+                let when = at.get(k).copied().unwrap_or(now);
                 match answers.get(k) {
                     None => unjudged.push(r),
                     Some(RcptAnswer::TooMany) => {
@@ -857,7 +905,7 @@ impl Engine<'_> {
                         if !hit_limit {
                             answered_before_limit += 1;
                         }
-                        self.answer(r, a.clone(), now);
+                        self.answer(r, a.clone(), when);
                     }
                 }
             }
@@ -960,15 +1008,19 @@ impl Engine<'_> {
         }
     }
 
-    fn answer(&mut self, r: usize, a: RcptAnswer, now: Instant) {
+    /// `at` is when the server answered: a greylisting clock runs from then.
+    fn answer(&mut self, r: usize, a: RcptAnswer, at: Instant) {
         let probing = self.probing;
         let s = &probing.settings;
         match a {
             RcptAnswer::Accepted => self.conclude(r, Found::Accepted),
             RcptAnswer::Rejected(..) => self.conclude(r, Found::Rejected),
             RcptAnswer::Deferred(..) => {
-                let due = now + s.greylist_wait;
+                let due = at + s.greylist_wait;
                 if self.rcpts[r].greylist_tries < s.greylist_retries && due < self.deadline {
+                    if self.rcpts[r].greylist_tries == 0 {
+                        self.hurry_domain(r);
+                    }
                     self.rcpts[r].greylist_tries += 1;
                     self.requeue(r, due);
                 } else {
@@ -979,7 +1031,7 @@ impl Engine<'_> {
                 self.conclude(r, Found::Unknown(Why::Blocked))
             }
             RcptAnswer::NeedsSmtpUtf8 => self.conclude(r, Found::Unknown(Why::NoSmtpUtf8)),
-            RcptAnswer::TooMany => self.requeue(r, now),
+            RcptAnswer::TooMany => self.requeue(r, at),
         }
     }
 
@@ -1360,6 +1412,30 @@ mod tests {
             stat(s, |s| &s.max_concurrent) >= 2,
             "sessions ran in parallel"
         );
+    }
+
+    #[tokio::test]
+    async fn a_hosts_recipients_are_shared_evenly_by_its_sessions_round_after_round() {
+        // 274 addresses and the canary: two rounds of five sessions of 28 (the last 23). Sizing
+        // each new session by what is left when one ends would make the second round's
+        // sessions smaller (the others still running are not counted) and need an eleventh.
+        let mailboxes: Vec<String> = (0..274).map(|i| format!("p{i}@even.test")).collect();
+        let host = HostBehaviour::new(SmtpPolicy::accept_only(&mailboxes))
+            .latency(Duration::from_millis(2));
+        let w = world(vec![(3, host)], &[("even.test", &[3])], StubZone::new()).await;
+        let p = probing(
+            &w,
+            VerifySettings {
+                rcpt_per_session: 50,
+                per_host: 5,
+                ..settings()
+            },
+        );
+        let emails: Vec<&str> = mailboxes.iter().map(String::as_str).collect();
+        let v = verify(&w, &p, &emails).await;
+        assert_eq!(statuses(&v), vec![Verified; emails.len()]);
+        assert_eq!(stat(&w.stubs[0], |s| &s.sessions), 10);
+        assert_eq!(stat(&w.stubs[0], |s| &s.rcpts), 275);
     }
 
     #[tokio::test]
