@@ -40,6 +40,8 @@ struct Costs {
     rabbit: f64,
     kernel: f64,
     client: f64,
+    /// Interrupts and softirqs, machine-wide (not in the total: no process is charged).
+    irq: f64,
     /// The machine's busy time not in the rows above (other people's work, mostly).
     rest: f64,
 }
@@ -77,11 +79,12 @@ fn costs(before: &Snapshot, after: &Snapshot, pids: &Pids, jobs: usize) -> Costs
             let own = |s: &Snapshot| s.procs.get(&pids.client).map_or(0, |p| p.own);
             own(after).saturating_sub(own(before))
         }),
+        irq: per_job(after.machine_irq.saturating_sub(before.machine_irq)),
         rest: 0.0,
     };
     let busy = per_job(after.machine_busy.saturating_sub(before.machine_busy));
     Costs {
-        rest: (busy - c.total()).max(0.0),
+        rest: (busy - c.total() - c.irq).max(0.0),
         ..c
     }
 }
@@ -415,12 +418,17 @@ async fn run_celery(pg: &Pg, rabbit: &Rabbit, jobs: usize) -> anyhow::Result<Run
 }
 
 fn cost_row(what: &str, ours: f64, celery: f64) -> Row {
-    Row::new(
+    let mut row = Row::new(
         "cpu",
         format!("CPU per job, {what}"),
         format!("{ours:.2} ms"),
-    )
-    .baseline(format!("Celery: {celery:.2} ms"), ours / celery)
+    );
+    if celery > 0.0 {
+        row = row.baseline(format!("Celery: {celery:.2} ms"), ours / celery);
+    } else {
+        row.baseline = format!("Celery: {celery:.2} ms");
+    }
+    row
 }
 
 pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
@@ -475,6 +483,11 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
         "load generator (bench process / Python client)",
         o.client,
         c.client,
+    ));
+    report.add(cost_row(
+        "interrupts and softirqs (loopback networking; machine-wide, not in the total)",
+        o.irq,
+        c.irq,
     ));
     report.add(cost_row(
         "rest of the machine (not ours: other people's work)",

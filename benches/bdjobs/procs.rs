@@ -20,8 +20,11 @@ pub struct Proc {
 /// Every process on the machine.
 pub struct Snapshot {
     pub procs: HashMap<u32, Proc>,
-    /// busy and total jiffies of the whole machine (/proc/stat), for the unattributed rest.
+    /// Busy ticks of the whole machine (/proc/stat), for the unattributed rest.
     pub machine_busy: u64,
+    /// Ticks the machine spent in interrupts and softirqs (loopback TCP is mostly softirq work),
+    /// which the kernel charges to no process.
+    pub machine_irq: u64,
 }
 
 pub fn stat(pid: u32) -> Option<Proc> {
@@ -53,7 +56,7 @@ impl Snapshot {
                 }
             }
         }
-        let machine_busy = std::fs::read_to_string("/proc/stat")
+        let (machine_busy, machine_irq) = std::fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|s| {
                 let line = s.lines().next()?.to_owned();
@@ -64,12 +67,13 @@ impl Snapshot {
                     .collect();
                 // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
                 let total: u64 = v.iter().take(8).sum();
-                Some(total - v.get(3)? - v.get(4)?)
+                Some((total - v.get(3)? - v.get(4)?, v.get(5)? + v.get(6)?))
             })
-            .unwrap_or(0);
+            .unwrap_or((0, 0));
         Snapshot {
             procs,
             machine_busy,
+            machine_irq,
         }
     }
 
