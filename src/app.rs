@@ -8,6 +8,7 @@ use crate::adapters::smtp::TcpSmtpProber;
 use crate::api::{self, AppState};
 use crate::config::{Config, Switch, PLACEHOLDER_HELO, PLACEHOLDER_MAIL_FROM};
 use crate::projector::{self, ProjectorConfig};
+use crate::webhooks::{self, Dispatcher, DispatcherConfig};
 use crate::worker::pipeline::Sources;
 use crate::worker::sources::{Patient, PgCancelSignal, PgChunkLog, PgDirectory};
 use crate::worker::verify::VerifySettings;
@@ -131,7 +132,8 @@ pub async fn run_api(
         Publisher::new(&config.amqp_url, &process_name("api"), topology(config))
             .with_max_message_bytes(max_message_bytes(config)),
     );
-    let state = AppState::new(pool, storage, publisher, &config.api);
+    let state = AppState::new(pool, storage, publisher, &config.api)
+        .with_webhook_allow_private(config.webhook_allow_private == Switch::On);
     api::serve(listener, state, shutdown).await
 }
 
@@ -169,6 +171,30 @@ pub async fn run_projector(
     projector::run(pc, pool, storage, shutdown).await
 }
 
+/// The webhook dispatcher's settings from the configuration.
+pub fn dispatcher_config(config: &Config) -> DispatcherConfig {
+    DispatcherConfig {
+        timeout: Duration::from_millis(config.webhook_timeout_ms.max(1)),
+        allow_private: config.webhook_allow_private == Switch::On,
+        schedule: crate::domain::webhooks::Schedule {
+            base: Duration::from_millis(config.webhook_retry_base_ms),
+            max_attempts: config.webhook_max_attempts.max(1),
+            ..Default::default()
+        },
+        batch: 32,
+        idle: Duration::from_millis(500),
+    }
+}
+
+pub async fn run_webhooks(
+    config: &Config,
+    pool: Pool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let dispatcher = Dispatcher::new(pool, dispatcher_config(config))?;
+    webhooks::run(dispatcher, shutdown).await
+}
+
 /// Every role in one process. Returns when all have stopped; if one fails, the others are
 /// asked to stop too.
 pub async fn run_all(
@@ -183,7 +209,7 @@ pub async fn run_all(
         }
         r
     };
-    let (a, w, p) = tokio::join!(
+    let (a, w, p, h) = tokio::join!(
         async {
             stop_all(
                 run_api(config, pool.clone(), listener, shutdown.clone()).await,
@@ -202,10 +228,17 @@ pub async fn run_all(
                 &shutdown,
             )
         },
+        async {
+            stop_all(
+                run_webhooks(config, pool.clone(), shutdown.clone()).await,
+                &shutdown,
+            )
+        },
     );
     a.context("api")?;
     w.context("worker")?;
     p.context("projector")?;
+    h.context("webhooks")?;
     Ok(())
 }
 

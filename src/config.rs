@@ -181,6 +181,51 @@ pub struct Config {
     )]
     pub smtp_allow_private: Switch,
 
+    /// Post webhooks to internal addresses (loopback, RFC 1918, CGNAT, link-local, unique-local,
+    /// multicast, unspecified) and accept `http://` webhook URLs. Off in production: a job's
+    /// webhook_url would otherwise let a tenant make the dispatcher call your own network. The
+    /// demo and the tests turn it on.
+    #[arg(
+        long,
+        env = "BDJOBS_WEBHOOK_ALLOW_PRIVATE",
+        value_enum,
+        default_value = "off",
+        global = true
+    )]
+    pub webhook_allow_private: Switch,
+
+    /// Milliseconds one webhook attempt may take (connecting, sending, reading the answer)
+    /// before it counts as a timeout and is retried.
+    #[arg(
+        long,
+        env = "BDJOBS_WEBHOOK_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..),
+        global = true
+    )]
+    pub webhook_timeout_ms: u64,
+
+    /// Milliseconds before a failed webhook's first retry; each later wait is four times the
+    /// one before (at most 8 hours), give or take 20 % at random.
+    #[arg(
+        long,
+        env = "BDJOBS_WEBHOOK_RETRY_BASE_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub webhook_retry_base_ms: u64,
+
+    /// Attempts of one webhook delivery, the first included, before it is given up (kept, and
+    /// sent again by `bdjobs webhooks redeliver`). The default spans about a day.
+    #[arg(
+        long,
+        env = "BDJOBS_WEBHOOK_MAX_ATTEMPTS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub webhook_max_attempts: u32,
+
     /// Jobs one worker process runs at once. Jobs mostly wait on DNS, SMTP and the database, so
     /// this can well exceed the number of cores.
     #[arg(

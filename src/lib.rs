@@ -7,8 +7,9 @@
 //! - [`adapters`]: Postgres (every SQL statement, `adapters::db`), RabbitMQ, OpenDAL, DNS, SMTP;
 //! - [`read_model`]: the one writer of the event log, the job views, the asset index with the
 //!   asset objects, and the outbox;
-//! - [`worker`], [`projector`], [`api`]: the three roles, each a step plus a loop. They depend on
-//!   `read_model`, `adapters` and `domain`, never on each other (a test below holds them to it);
+//! - [`worker`], [`projector`], [`api`], [`webhooks`] (the dispatcher): the roles, each a step
+//!   plus a loop. They depend on `read_model`, `adapters` and `domain`, never on each other (a
+//!   test below holds them to it);
 //! - [`app`]: wiring roles to configuration; [`config`]: the settings;
 //! - [`cli`]: the body of each command of the binary, one file a command.
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod domain;
 pub mod projector;
 pub mod read_model;
+pub mod webhooks;
 pub mod worker;
 
 #[cfg(test)]
@@ -59,7 +61,7 @@ mod layering {
 
     #[test]
     fn no_role_imports_another_role() {
-        let roles = ["api", "worker", "projector"];
+        let roles = ["api", "worker", "projector", "webhooks"];
         for role in roles {
             let others: Vec<&str> = roles.iter().copied().filter(|r| *r != role).collect();
             let found = imports_of(role, &others);
@@ -74,7 +76,10 @@ mod layering {
     #[test]
     fn the_read_model_and_the_adapters_import_no_role_and_no_command() {
         for module in ["read_model", "adapters"] {
-            let found = imports_of(module, &["api", "worker", "projector", "cli", "app"]);
+            let found = imports_of(
+                module,
+                &["api", "worker", "projector", "webhooks", "cli", "app"],
+            );
             assert!(
                 found.is_empty(),
                 "{module} imports upward:\n{}",
@@ -93,6 +98,7 @@ mod layering {
                 "api",
                 "worker",
                 "projector",
+                "webhooks",
                 "app",
                 "config",
             ],

@@ -1,6 +1,7 @@
 //! The `bdjobs` binary: parses the command line and the configuration, sets up logging and the
 //! runtime, and dispatches to the command's body in `bdjobs::cli` (one file a command).
 
+use bdjobs::cli::webhooks::WebhooksCommand;
 use bdjobs::cli::{self, dlq::DlqCommand, event_log::EventsCommand, import::DirectoryCommand};
 use bdjobs::cli::{keys::KeysCommand, submit::SubmitArgs, watch::WatchArgs};
 use bdjobs::config::{self, Config, ConfigError, ConfigFile};
@@ -41,7 +42,8 @@ enum Command {
         #[arg(long)]
         serve: bool,
     },
-    /// Apply migrations, then run the API, a worker and a projector in one process.
+    /// Apply migrations, then run the API, a worker, a projector and the webhook dispatcher in
+    /// one process.
     All,
     /// Serve the HTTP API (any number of replicas may run).
     Api,
@@ -49,6 +51,20 @@ enum Command {
     Worker,
     /// Fold events into the read model and store assets (any number may run).
     Projector,
+    /// Without a subcommand, send the webhooks of finished jobs (the dispatcher; any number may
+    /// run). With one, manage tenants' endpoints and re-send given-up deliveries.
+    #[command(
+        long_about = "Without a subcommand: the webhook dispatcher. It posts each finished job's \
+outcome (job.completed, job.failed, job.cancelled) to the job's webhook_url or its tenant's \
+endpoint, signed per the Standard Webhooks spec (webhook-id, webhook-timestamp, webhook-signature), \
+at least once and in order per job, retrying timeouts, 5xx and 429 with exponential backoff for \
+about a day (BDJOBS_WEBHOOK_*). Any number may run.\n\nWith a subcommand: set, list or re-key a \
+tenant's endpoint, or send given-up deliveries again."
+    )]
+    Webhooks {
+        #[command(subcommand)]
+        command: Option<WebhooksCommand>,
+    },
     /// Create the database if missing and apply migrations.
     Migrate,
     /// Manage API keys.
@@ -147,6 +163,7 @@ async fn dispatch(loaded: config::Loaded<Cli>) -> anyhow::Result<ExitCode> {
         Command::Worker => cli::roles::worker(&config).await,
         Command::Projector => cli::roles::projector(&config).await,
         Command::Migrate => cli::roles::migrate(&config).await,
+        Command::Webhooks { command } => cli::webhooks::run(&config, command).await,
         Command::Keys { command } => cli::keys::run(&config, command).await,
         Command::Dlq { command } => cli::dlq::run(&config, command).await,
         Command::Watch(args) => cli::watch::run(args).await,

@@ -14,20 +14,21 @@ use bdjobs::domain::messages::{
 use bdjobs::domain::plan::{Capability, Preset};
 use bdjobs::domain::stages::deliverable::render_json;
 use bdjobs::domain::stages::{DeliveredContact, Summary};
-use chrono::{Duration, Utc};
+use chrono::{Duration, TimeZone, Utc};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
 /// Every route `bdjobs::api::router` serves, as (method, full path). Adding a route to the router
 /// without documenting it (and listing it here) is meant to fail
 /// `the_documented_operations_are_exactly_the_routes_the_router_serves`.
-const ROUTES: [(&str, &str); 12] = [
+const ROUTES: [(&str, &str); 13] = [
     ("get", "/api/v1/bd/jobs"),
     ("post", "/api/v1/bd/jobs"),
     ("post", "/api/v1/bd/jobs/{job_id}/cancel"),
     ("get", "/api/v1/bd/jobs/{job_id}"),
     ("get", "/api/v1/bd/jobs/{job_id}/result"),
     ("get", "/api/v1/bd/jobs/{job_id}/events"),
+    ("get", "/api/v1/bd/jobs/{job_id}/webhooks"),
     ("get", "/api/v1/bd/jobs/{job_id}/assets/{asset_id}"),
     ("head", "/api/v1/bd/jobs/{job_id}/assets/{asset_id}"),
     ("get", "/api/v1/openapi.json"),
@@ -163,6 +164,7 @@ fn created_view(preset: Option<Preset>) -> JobView {
         // Sub-second precision on purpose: the API must render seconds only.
         Utc::now(),
         Event::Created(Created {
+            webhook_url: None,
             preset,
             requested_capabilities: caps
                 .into_iter()
@@ -602,6 +604,52 @@ fn a_running_completed_or_failed_job_matches_the_job_schema() {
     let failed = job_json(&failed_view());
     assert_valid("Job", &failed);
     assert_eq!(failed["error_message"], "directory unavailable");
+}
+
+#[test]
+fn a_jobs_webhook_deliveries_match_their_schema_and_a_wrong_state_does_not() {
+    use bdjobs::adapters::db::webhooks::{AttemptInfo, DeliveryInfo};
+    let at = Utc.with_ymd_and_hms(2026, 4, 8, 12, 7, 10).unwrap();
+    let job = JobId(uuid::Uuid::from_u128(7));
+    let attempt = |n: i32, code: Option<i32>, error: Option<&str>, next: bool| AttemptInfo {
+        attempt: n,
+        attempted_at: at,
+        status_code: code,
+        latency_ms: 12,
+        error: error.map(str::to_owned),
+        next_attempt_at: next.then_some(at),
+    };
+    let deliveries = [
+        DeliveryInfo {
+            delivery_id: bdjobs::domain::webhooks::delivery_id(job, "job.failed"),
+            event: "job.failed".into(),
+            state: "delivered".into(),
+            created_at: at,
+            next_attempt_at: None,
+            attempts: vec![
+                attempt(1, None, Some("timed out"), true),
+                attempt(2, Some(429), None, true),
+                attempt(3, Some(200), None, false),
+            ],
+        },
+        DeliveryInfo {
+            delivery_id: bdjobs::domain::webhooks::delivery_id(job, "job.cancelled"),
+            event: "job.cancelled".into(),
+            state: "pending".into(),
+            created_at: at,
+            next_attempt_at: Some(at),
+            attempts: vec![],
+        },
+    ];
+    let out = bdjobs::api::render::webhooks_json(job, &deliveries);
+    assert_valid("WebhookDeliveries", &out);
+    assert!(out["deliveries"][0]["webhook_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("msg_"));
+    let mut bad = out.clone();
+    bad["deliveries"][1]["state"] = json!("sent");
+    assert_invalid("WebhookDeliveries", &bad);
 }
 
 #[test]

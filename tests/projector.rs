@@ -51,6 +51,7 @@ async fn recorded_job(res: &Resources) -> (JobRef, RawEnvelope, Vec<RawEnvelope>
         execution_options: Default::default(),
     };
     let created = Event::Created(Created {
+        webhook_url: None,
         preset: run.plan.preset,
         requested_capabilities: run.plan.capabilities.clone(),
         warnings: vec![],

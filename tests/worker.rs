@@ -84,6 +84,7 @@ async fn sources(dns: &StubDns, directory: Arc<dyn Directory>, smtp_port: Option
 /// Folds what a run emitted, with a `job.created` in front, into the read model.
 fn view_of(job: &JobRef, plan: &Plan, events: &[bdjobs::domain::messages::RawEnvelope]) -> JobView {
     let created = Event::Created(bdjobs::domain::messages::Created {
+        webhook_url: None,
         preset: plan.preset,
         requested_capabilities: plan.capabilities.clone(),
         warnings: vec![],

@@ -68,6 +68,7 @@ pub async fn record(i: usize, sources: &Sources) -> anyhow::Result<Recorded> {
     };
     let run = run_of(i);
     let created = Event::Created(Created {
+        webhook_url: None,
         preset: run.plan.preset,
         requested_capabilities: run.plan.capabilities.clone(),
         warnings: vec![],

@@ -183,6 +183,7 @@ mod tests {
             occurred_at: chrono::Utc::now(),
             position: Position::ORIGIN,
             event: DomainEvent::Created(Created {
+                webhook_url: None,
                 preset: None,
                 requested_capabilities: vec![
                     Capability::EmailVerify,

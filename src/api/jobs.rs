@@ -1,4 +1,5 @@
-//! The BD jobs endpoints: create (with `Idempotency-Key`), list, status, result, asset download.
+//! The BD jobs endpoints: create (with `Idempotency-Key`), list, status, result, asset download,
+//! webhook deliveries.
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -105,6 +106,9 @@ pub struct CreateJob {
     pub execution_options: Option<ExecutionOptions>,
     #[serde(default)]
     pub chat_id: Option<Uuid>,
+    /// Where to post the job's outcome (README "Webhooks"); needs the tenant's endpoint.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
 }
 
 fn parse_job_id(s: &str) -> Result<JobId, ApiError> {
@@ -262,6 +266,10 @@ pub async fn create_job(
     let idem_key = idempotency_key(&headers)?;
     let (origins, body_hash) = (request.origins(), request.hash);
     let body = &request.body;
+    if let Some(url) = &body.webhook_url {
+        crate::domain::webhooks::check_url(url, state.webhook_allow_private)
+            .map_err(ApiError::Unprocessable)?;
+    }
     if dry {
         let (plan, input) = validate(body, origins, request.file_problems.clone())?;
         let warnings = job_warnings(body, &plan, &input, &request.ignored_columns);
@@ -282,7 +290,14 @@ pub async fn create_job(
         }
     }
     let (plan, input) = validate(body, origins, request.file_problems.clone())?;
-    let warnings = job_warnings(body, &plan, &input, &request.ignored_columns);
+    let mut warnings = job_warnings(body, &plan, &input, &request.ignored_columns);
+    // A job's own URL is signed with its tenant's secret, which only an endpoint holds: without
+    // one the job runs, unannounced, and says why.
+    let mut webhook_url = body.webhook_url.clone();
+    if webhook_url.is_some() && !db::webhooks::has_endpoint(&state.pool, &caller.0).await? {
+        webhook_url = None;
+        warnings.push(NO_ENDPOINT_WARNING.to_owned());
+    }
     let icp_config = body.icp_config.clone().unwrap_or_default();
     let shape = input_shape(&input, &icp_config);
     let job = JobRef {
@@ -297,6 +312,7 @@ pub async fn create_job(
         chat_id: body.chat_id,
         companies: shape.companies,
         contacts: shape.contacts,
+        webhook_url,
     })
     .into_envelope(&job, Position::ORIGIN, now);
     let view = JobView::created(
@@ -436,6 +452,23 @@ pub async fn get_job(
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(json_bytes(rendered(&state, &caller, &job_id).await?.job))
+}
+
+/// The warning of a job that names a `webhook_url` for an account with no webhook endpoint.
+pub const NO_ENDPOINT_WARNING: &str = "webhook_url ignored: this account has no webhook endpoint, \
+so there is no secret to sign with; ask the operator to register one";
+
+/// `GET /bd/jobs/{id}/webhooks`: the job's webhook deliveries and their attempts.
+pub async fn job_webhooks(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(job_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_job_id(&job_id)?;
+    let deliveries = db::webhooks::deliveries_of_job(&state.pool, &caller.0, id)
+        .await?
+        .ok_or(ApiError::NotFound("job not found"))?;
+    Ok(Json(super::render::webhooks_json(id, &deliveries)))
 }
 
 /// A job's two bodies: from the cache of finished jobs, or read and rendered (and kept, when

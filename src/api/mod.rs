@@ -50,6 +50,9 @@ pub struct AppState {
     /// Cancelled when the server stops: ends open event streams, which would otherwise hold
     /// graceful shutdown until their jobs finish.
     pub shutdown: CancellationToken,
+    /// Whether a job's `webhook_url` may name an internal address or use `http://`
+    /// (`BDJOBS_WEBHOOK_ALLOW_PRIVATE`).
+    pub webhook_allow_private: bool,
 }
 
 impl AppState {
@@ -75,7 +78,13 @@ impl AppState {
             ))),
             published,
             shutdown: CancellationToken::new(),
+            webhook_allow_private: false,
         }
+    }
+
+    pub fn with_webhook_allow_private(mut self, allow: bool) -> Self {
+        self.webhook_allow_private = allow;
+        self
     }
 }
 
@@ -132,6 +141,7 @@ pub fn router(state: AppState) -> Router {
         .route("/bd/jobs/{job_id}/result", get(jobs::get_result))
         .route("/bd/jobs/{job_id}/cancel", post(jobs::cancel_job))
         .route("/bd/jobs/{job_id}/events", get(events::job_events))
+        .route("/bd/jobs/{job_id}/webhooks", get(jobs::job_webhooks))
         // `get` answers HEAD too (axum drops the body); the handler skips storage for it.
         .route("/bd/jobs/{job_id}/assets/{asset_id}", get(jobs::get_asset))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -1,12 +1,13 @@
 //! The JSON bodies of a job and of its result, rendered from its view: `GET /bd/jobs/{id}` (and
 //! the job list, the cancel answer and the event stream's `progress`) and `GET .../result`, in
-//! the seed's shape. Pure; the view cache keeps bodies rendered here.
+//! the seed's shape. Pure; the view cache keeps bodies rendered here. The JSON itself is built
+//! in `domain::render`, which webhook payloads share.
 
-use crate::domain::job::{JobView, ResultView};
-use crate::domain::stages::Summary;
+use crate::domain::job::JobView;
 use axum::body::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::json;
+
+// The bodies themselves are pure and shared with the webhook dispatcher's payload.
+pub use crate::domain::render::{job_json, opt_ts, result_json, ts};
 
 /// A job's two bodies, rendered once.
 #[derive(Clone)]
@@ -26,71 +27,38 @@ impl Rendered {
     }
 }
 
-pub fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-pub fn opt_ts(t: Option<DateTime<Utc>>) -> Option<String> {
-    t.map(ts)
-}
-
-pub fn job_json(v: &JobView) -> serde_json::Value {
-    json!({
-        "job_id": v.job_id,
-        "status": v.status.as_str(),
-        "progress_percent": v.progress_percent,
-        "progress_message": v.progress_message,
-        "preset": v.preset.map(|p| p.as_str()),
-        "requested_capabilities": v.requested_capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        "warnings": v.warnings,
-        "error_message": v.error_message,
-        "created_at": ts(v.created_at),
-        "updated_at": ts(v.updated_at),
-        "started_at": opt_ts(v.started_at),
-        "completed_at": opt_ts(v.completed_at),
-    })
-}
-
-/// The seed's shape, field for field.
-pub fn result_json(v: &JobView) -> serde_json::Value {
-    let empty = Summary::default();
-    let (result_id, summary, assets, created_at) = match &v.result {
-        Some(ResultView {
-            result_id,
-            summary,
-            assets,
-            created_at,
-        }) => (
-            Some(*result_id),
-            summary,
-            assets.as_slice(),
-            Some(*created_at),
-        ),
-        None => (None, &empty, &[][..], None),
-    };
-    let assets: Vec<_> = assets
+/// `GET /bd/jobs/{id}/webhooks`: each delivery (its `webhook_id` as the receiver sees it) with
+/// its attempts, oldest first.
+pub fn webhooks_json(
+    job: crate::domain::ids::JobId,
+    deliveries: &[crate::adapters::db::webhooks::DeliveryInfo],
+) -> serde_json::Value {
+    let deliveries: Vec<serde_json::Value> = deliveries
         .iter()
-        .map(|a| {
-            json!({
-                "asset_id": a.asset_id,
-                "label": a.label,
-                "kind": a.kind,
-                "mime_type": a.mime_type,
-                "availability": a.availability,
-                "download_url": format!("/api/v1/bd/jobs/{}/assets/{}", v.job_id, a.asset_id),
+        .map(|d| {
+            let attempts: Vec<serde_json::Value> = d
+                .attempts
+                .iter()
+                .map(|a| {
+                    serde_json::json!({
+                        "attempt": a.attempt,
+                        "attempted_at": crate::domain::render::ts_ms(a.attempted_at),
+                        "status_code": a.status_code,
+                        "latency_ms": a.latency_ms,
+                        "error": a.error,
+                        "next_attempt_at": a.next_attempt_at.map(crate::domain::render::ts_ms),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "webhook_id": crate::domain::webhooks::msg_id(d.delivery_id),
+                "event": d.event,
+                "state": d.state,
+                "created_at": ts(d.created_at),
+                "next_attempt_at": d.next_attempt_at.map(crate::domain::render::ts_ms),
+                "attempts": attempts,
             })
         })
         .collect();
-    json!({
-        "result_id": result_id,
-        "job_id": v.job_id,
-        "status": v.status.as_str(),
-        "progress_percent": v.progress_percent,
-        "progress_message": v.progress_message,
-        "summary": summary,
-        "warnings": v.warnings,
-        "result_assets": assets,
-        "created_at": opt_ts(created_at),
-        "completed_at": opt_ts(v.completed_at),
-    })
+    serde_json::json!({ "job_id": job, "deliveries": deliveries })
 }

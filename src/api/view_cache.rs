@@ -80,6 +80,7 @@ mod tests {
             occurred_at: chrono::Utc::now(),
             position: Position::ORIGIN,
             event: Event::Created(Created {
+                webhook_url: None,
                 preset: Some(Preset::VerifyExistingEmails),
                 requested_capabilities: vec![Capability::EmailVerify],
                 warnings: vec![],

@@ -50,6 +50,7 @@ pub async fn run(mut config: Config, examples: &Path, serve: bool) -> anyhow::Re
     config.dns_nameserver = Some(dns.addr());
     // The demo's mail hosts, if it probes, are on loopback like everything else.
     config.smtp_allow_private = crate::config::Switch::On;
+    config.webhook_allow_private = crate::config::Switch::On;
     eprintln!(
         "    DNS: every lookup goes to the demo's own nameserver at {}",
         dns.addr()

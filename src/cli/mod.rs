@@ -2,7 +2,8 @@
 //! and dispatches. Every body returns the process's exit code (or an error, which `main`
 //! prints and exits 1 with); none exits the process itself.
 //!
-//! - [`roles`]: `all`, `api`, `worker`, `projector`, `migrate`;
+//! - [`roles`]: `all`, `api`, `worker`, `projector`, `webhooks` (the dispatcher), `migrate`;
+//! - [`webhooks`]: `webhooks set | list | rotate-secret | redeliver`, or the dispatcher;
 //! - [`demo`]: the whole system on the sample job;
 //! - [`keys`], [`dlq`], [`import`] (`directory import`), [`watch`], [`config`];
 //! - [`submit`]: a CSV or JSON Lines file posted as a job through the API, then `watch`ed;
@@ -19,6 +20,7 @@ pub mod replay;
 pub mod roles;
 pub mod submit;
 pub mod watch;
+pub mod webhooks;
 
 use crate::adapters::db::events::Scope;
 use crate::config::LogFormat;

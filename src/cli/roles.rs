@@ -1,4 +1,4 @@
-//! `bdjobs all | api | worker | projector | migrate`: the roles, wired by `app` to the
+//! `bdjobs all | api | worker | projector | webhooks | migrate`: the roles, wired by `app` to the
 //! configuration and stopped by SIGTERM or Ctrl-C.
 
 use crate::app;
@@ -29,6 +29,12 @@ pub async fn worker(config: &Config) -> anyhow::Result<ExitCode> {
 pub async fn projector(config: &Config) -> anyhow::Result<ExitCode> {
     let pool = app::connect_db(config)?;
     app::run_projector(config, pool, app::shutdown_on_signals()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn webhooks(config: &Config) -> anyhow::Result<ExitCode> {
+    let pool = app::connect_db(config)?;
+    app::run_webhooks(config, pool, app::shutdown_on_signals()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

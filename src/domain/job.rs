@@ -115,6 +115,9 @@ pub struct JobView {
     pub chunks_done: Vec<u32>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub chunks_total: u32,
+    /// The job's own webhook URL, from its `job.created`; not part of the API's answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -179,6 +182,7 @@ impl JobView {
             max_percent: 0,
             chunks_done: Vec::new(),
             chunks_total: 0,
+            webhook_url: c.webhook_url.clone(),
         })
     }
 
@@ -373,6 +377,7 @@ mod tests {
             0,
             0,
             Event::Created(Created {
+                webhook_url: None,
                 preset: Some(Preset::VerifyExistingEmails),
                 requested_capabilities: vec![
                     Capability::EmailVerify,

@@ -356,6 +356,11 @@ pub struct Created {
     pub chat_id: Option<uuid::Uuid>,
     pub companies: usize,
     pub contacts: usize,
+    /// Where the job's outcome is posted (issue 16); absent: the tenant's endpoint, if any.
+    /// Absent from events recorded before webhooks existed, and omitted when unset so their
+    /// recordings stay byte for byte the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,6 +10,8 @@ pub mod job;
 pub mod messages;
 pub mod plan;
 pub mod probe;
+pub mod render;
 pub mod retention;
 pub mod stages;
 pub mod table;
+pub mod webhooks;

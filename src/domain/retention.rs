@@ -80,6 +80,7 @@ mod tests {
             0,
             0,
             Event::Created(Created {
+                webhook_url: None,
                 preset: None,
                 requested_capabilities: vec![Capability::DeliverableFinalize],
                 warnings: vec![],

@@ -30,8 +30,12 @@ pub async fn append_and_fold(
     raw: &RawEnvelope,
 ) -> Result<(), ReadModelError> {
     let rec = EventRecord::from_raw(raw)?;
+    let before = view.terminal_at;
     if db::jobs::insert_event(tx, raw).await? && view.apply(&rec) {
         db::jobs::save_view(tx, view).await?;
+        if view.terminal_at != before {
+            super::webhooks::queue(tx, [&*view]).await?;
+        }
     }
     Ok(())
 }
@@ -208,6 +212,12 @@ pub async fn apply_batch(
         .filter_map(|view| winner(view, &records).map(|w| (view, w)))
         .collect();
     sync_assets_many(&tx, storage, &decided).await?;
+    // The webhooks of every job whose outcome was decided (or overturned) in this batch.
+    let mut newly_terminal: Vec<crate::domain::ids::JobId> = changed
+        .iter()
+        .filter(|id| views[*id].terminal_at != before[*id])
+        .copied()
+        .collect();
     let to_save: Vec<&JobView> = changed.iter().map(|id| &views[id]).collect();
     db::jobs::save_views(&tx, &to_save).await?;
     for i in created_here {
@@ -229,10 +239,12 @@ pub async fn apply_batch(
                 }
                 db::jobs::insert_view(&tx, &view).await?;
                 views.insert(job, view);
+                newly_terminal.push(job);
             }
             None => results[i] = Applied::Orphan,
         }
     }
+    super::webhooks::queue(&tx, newly_terminal.iter().map(|id| &views[id])).await?;
     tx.commit().await?;
     Ok(results)
 }

@@ -1,5 +1,6 @@
 //! The read model's one writer: everything that changes the event log (`events`), the job
-//! views (`jobs`), the asset index (`assets`) with the asset objects, and the outbox goes
+//! views (`jobs`), the asset index (`assets`) with the asset objects, the outbox and the webhook
+//! deliveries goes
 //! through this module. The roles call it and never each other:
 //!
 //! - [`apply`]: the step that appends events to the log and folds them into the views
@@ -14,7 +15,8 @@
 //! - [`replay`]: rebuilding views, index and assets from the log. Its core lives here rather
 //!   than in `cli/` because it writes the same tables under the same locking rules as the step;
 //!   `cli/replay.rs` only prints;
-//! - [`event_log`]: exporting, importing (through the step) and compacting the log.
+//! - [`event_log`]: exporting, importing (through the step) and compacting the log;
+//! - [`webhooks`]: queuing a job's webhook delivery in the transaction that makes it terminal.
 //!
 //! SQL stays in `adapters::db`; this module decides what is written and in which transaction.
 //! Idempotency: an event whose message id is already in the log is skipped inside the same
@@ -27,6 +29,7 @@ pub mod event_log;
 pub mod jobs;
 pub mod outbox;
 pub mod replay;
+pub mod webhooks;
 
 pub use apply::{append_and_fold, apply, apply_batch, reap_stuck, reject, Applied};
 

@@ -1,5 +1,5 @@
 //! Postgres: the connection pool, database creation, migrations, and the queries of the read
-//! model, event log, outbox, API keys and directory (one submodule each; `events` holds the
+//! model, event log, outbox, API keys, directory and webhooks (one submodule each; `events` holds the
 //! event store's maintenance: export, rebuild into the shadow table, compaction).
 
 pub mod directory;
@@ -7,6 +7,7 @@ pub mod events;
 pub mod idempotency;
 pub mod jobs;
 pub mod keys;
+pub mod webhooks;
 
 use deadpool_postgres::Hook;
 use deadpool_postgres::{HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -169,7 +170,7 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
 }
 
 /// The migrations, in order. Embedded so the binary carries its own schema.
-pub const MIGRATIONS: [(&str, &str); 7] = [
+pub const MIGRATIONS: [(&str, &str); 8] = [
     (
         "0001_init",
         include_str!("../../../migrations/0001_init.sql"),
@@ -197,6 +198,10 @@ pub const MIGRATIONS: [(&str, &str); 7] = [
     (
         "0007_projector_rejections",
         include_str!("../../../migrations/0007_projector_rejections.sql"),
+    ),
+    (
+        "0008_webhooks",
+        include_str!("../../../migrations/0008_webhooks.sql"),
     ),
 ];
 
