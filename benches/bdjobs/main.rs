@@ -7,11 +7,15 @@
 //! figures and holds the latest table.
 
 mod broker_raw;
+mod celery;
 mod client;
+mod cpu;
 mod download;
 mod e2e;
 mod env;
 mod fixtures;
+mod nodes;
+mod procs;
 mod projector;
 mod replay;
 mod report;
@@ -42,7 +46,11 @@ impl Scale {
     }
 }
 
-const BENCHES: [(&str, &str); 7] = [
+const BENCHES: [(&str, &str); 8] = [
+    (
+        "cpu",
+        "CPU per job of every process (bdjobs, Postgres, RabbitMQ, kernel, client), vs Celery",
+    ),
     (
         "e2e",
         "jobs/s and latency through the API, vs the broker's raw limit",
@@ -75,6 +83,7 @@ const BENCHES: [(&str, &str); 7] = [
 
 async fn run_one(name: &str, scale: Scale, report: &mut Report) -> anyhow::Result<()> {
     match name {
+        "cpu" => cpu::run(scale, report).await,
         "e2e" => e2e::run(scale, report).await,
         "projector" => projector::run(scale, report).await,
         "result" => result::run(scale, report).await,

@@ -963,7 +963,7 @@ pub async fn head_asset(
 }
 
 /// Cancels a job. A pending job is cancelled at once (no worker has started it: its result has
-/// nothing in it); a running one is flagged, and its worker stops at the next stage boundary,
+/// nothing in it); a running one is flagged, and its worker stops at a stage boundary,
 /// keeping what it has done as partial assets. 409 once the job has finished.
 #[utoipa::path(
     post,
@@ -971,7 +971,7 @@ pub async fn head_asset(
     operation_id = "cancelBdJob",
     tag = "bd-jobs",
     summary = "Cancel a BD job",
-    description = "Cancels one of the caller's jobs. A `pending` job is cancelled at once (its result stays empty). A `running` job is flagged: its worker stops at the next stage boundary and the job ends `cancelled`, keeping what it had done as assets with `availability: \"partial\"`. A job that finishes before its worker sees the flag ends `completed`. Poll the job for the outcome. 409 once the job is terminal.",
+    description = "Cancels one of the caller's jobs. A `pending` job is cancelled at once (its result stays empty). A `running` job is flagged: its worker stops at a stage boundary (it looks at the flag at most every quarter of a second; a chunked job's chunks within a quarter of a second) and the job ends `cancelled`, keeping what it had done as assets with `availability: \"partial\"`. A job that finishes before its worker sees the flag ends `completed`. Poll the job for the outcome. 409 once the job is terminal.",
     params(("job_id" = Uuid, Path, description = super::openapi::JOB_ID, example = json!(super::openapi::JOB_ID_EXAMPLE))),
     responses(
         (status = 202, description = "Cancellation accepted; the body is the job as it stands now (already `cancelled` for a job that had not started).", body = JobBody),

@@ -286,7 +286,8 @@ pub const CHUNK_SEQ_STRIDE: u64 = 1_000_000_000;
 /// `consumer_timeout`, past which the broker closes the channel and redelivers the command.
 pub const MAX_DELIVERY: Duration = Duration::from_secs(25 * 60);
 
-/// How often a running chunk checks whether its job was cancelled.
+/// How often a running chunk checks whether its job was cancelled, and the least time between
+/// two checks of a run at its stage boundaries (`sources::Throttled`).
 const CANCEL_POLL: Duration = Duration::from_millis(250);
 
 /// How long a chunk waits for a projector to record its report before it leaves the rest to a
@@ -886,10 +887,21 @@ async fn consume(
     let _ = conn.close(200, "bdjobs worker stopping".into()).await;
     ended
 }
-/// Whether the read model already shows the job terminal. A database that cannot answer means
-/// "run it": a duplicate run is harmless, a skipped one is not.
-async fn is_finished(pool: &Pool, job: JobId) -> bool {
-    matches!(db::jobs::status(pool, job).await, Ok(Some(s)) if s.is_terminal())
+/// Whether the read model already shows the job terminal, and otherwise the cancel signal the
+/// run is to watch, seeded with what the same read said about a cancellation. A database that
+/// cannot answer means "run it" (a duplicate run is harmless, a skipped one is not), and the run
+/// asks again at its first check.
+async fn run_state(
+    pool: &Pool,
+    job: JobId,
+    cancel: &Arc<dyn sources::CancelSignal>,
+) -> Option<sources::Throttled> {
+    let signal = sources::Throttled::new(cancel.clone(), CANCEL_POLL);
+    match db::jobs::run_state(pool, job).await {
+        Ok(Some((status, _))) if status.is_terminal() => None,
+        Ok(Some((_, cancelled))) => Some(signal.seeded(cancelled)),
+        _ => Some(signal),
+    }
 }
 
 /// Malformed: to the dead-letter queue, once, without blocking the queue behind it.
@@ -946,11 +958,12 @@ async fn handle(
     };
     let sink = &sink;
     async {
-        if is_finished(pool, command.job_id).await {
+        let Some(cancel) = run_state(pool, command.job_id, &sources.cancel).await else {
             tracing::info!("job already finished; acknowledging the command without running it");
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             return;
-        }
+        };
+        let sources = &sources.clone().with_cancel(Arc::new(cancel));
         let started = std::time::Instant::now();
         match process_one(&command, attempt, sources, sink, name).await {
             Ok(outcome) => {

@@ -73,6 +73,50 @@ impl CancelSignal for PgCancelSignal {
     }
 }
 
+/// One run's view of another signal, asked at most once per `every`: a job of a few
+/// milliseconds then costs the database the one read its worker makes before starting it
+/// ([`Throttled::seeded`]) instead of one per stage boundary. A cancellation is noticed at the
+/// first boundary at least `every` after the last look, and once seen it stays seen.
+pub struct Throttled {
+    inner: std::sync::Arc<dyn CancelSignal>,
+    every: std::time::Duration,
+    /// Whether a cancel was seen, and when `inner` was last asked.
+    state: std::sync::Mutex<(bool, Option<std::time::Instant>)>,
+}
+
+impl Throttled {
+    /// Asks `inner` at the first check.
+    pub fn new(inner: std::sync::Arc<dyn CancelSignal>, every: std::time::Duration) -> Self {
+        Self {
+            inner,
+            every,
+            state: std::sync::Mutex::new((false, None)),
+        }
+    }
+
+    /// As if `inner` had just answered `requested` (the worker read it with the job's status).
+    pub fn seeded(self, requested: bool) -> Self {
+        *self.state.lock().expect("cancel state") = (requested, Some(std::time::Instant::now()));
+        self
+    }
+}
+
+#[async_trait]
+impl CancelSignal for Throttled {
+    async fn requested(&self, job: crate::domain::ids::JobId) -> bool {
+        {
+            let (seen, asked) = *self.state.lock().expect("cancel state");
+            if seen || asked.is_some_and(|at| at.elapsed() < self.every) {
+                return seen;
+            }
+        }
+        let now = self.inner.requested(job).await;
+        let mut state = self.state.lock().expect("cancel state");
+        *state = (state.0 || now, Some(std::time::Instant::now()));
+        state.0
+    }
+}
+
 /// Never cancels (jobs run where no one can ask).
 pub struct NeverCancel;
 
@@ -164,5 +208,91 @@ impl<D: Directory> Directory for Patient<D> {
     }
     async fn people(&self, domains: &[String]) -> Result<Vec<DirectoryPerson>, DbError> {
         self.retry(|| self.inner.people(domains)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::JobId;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Counts the questions; answers `cancel` from the `after`-th on.
+    struct Counting {
+        asked: AtomicUsize,
+        after: usize,
+    }
+
+    #[async_trait]
+    impl CancelSignal for Counting {
+        async fn requested(&self, _: JobId) -> bool {
+            self.asked.fetch_add(1, Ordering::SeqCst) + 1 >= self.after
+        }
+    }
+
+    fn counting(after: usize) -> Arc<Counting> {
+        Arc::new(Counting {
+            asked: AtomicUsize::new(0),
+            after,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_throttled_signal_asks_its_source_at_most_once_per_interval() {
+        let job = JobId::new();
+        let inner = counting(usize::MAX);
+        let signal = Throttled::new(inner.clone(), Duration::from_secs(3600));
+        for _ in 0..5 {
+            assert!(!signal.requested(job).await);
+        }
+        assert_eq!(inner.asked.load(Ordering::SeqCst), 1);
+        let inner = counting(usize::MAX);
+        let signal = Throttled::new(inner.clone(), Duration::ZERO);
+        for _ in 0..3 {
+            assert!(!signal.requested(job).await);
+        }
+        assert_eq!(
+            inner.asked.load(Ordering::SeqCst),
+            3,
+            "once the interval has passed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_seeded_signal_answers_from_the_seed_until_the_interval_passes() {
+        let job = JobId::new();
+        let inner = counting(1);
+        let quiet = Throttled::new(inner.clone(), Duration::from_secs(3600)).seeded(false);
+        assert!(!quiet.requested(job).await);
+        assert_eq!(inner.asked.load(Ordering::SeqCst), 0);
+        let passed = Throttled::new(inner.clone(), Duration::ZERO).seeded(false);
+        assert!(
+            passed.requested(job).await,
+            "the source is asked and says cancel"
+        );
+        let cancelled =
+            Throttled::new(counting(usize::MAX), Duration::from_secs(3600)).seeded(true);
+        assert!(cancelled.requested(job).await);
+    }
+
+    /// Says cancel once, then forgets it.
+    struct Forgetful(std::sync::atomic::AtomicBool);
+
+    #[async_trait]
+    impl CancelSignal for Forgetful {
+        async fn requested(&self, _: JobId) -> bool {
+            self.0.swap(false, Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancel_once_seen_stays_seen() {
+        let inner = Arc::new(Forgetful(std::sync::atomic::AtomicBool::new(true)));
+        let signal = Throttled::new(inner, Duration::ZERO);
+        let job = JobId::new();
+        assert!(signal.requested(job).await);
+        assert!(signal.requested(job).await, "a run is never un-cancelled");
     }
 }
