@@ -1,8 +1,10 @@
 //! Queuing a job's webhooks: the delivery row is written in the same transaction as the view
 //! that makes the job `completed`, `failed` or `cancelled`, or (for a job that asked for its
 //! stages) reach a later stage of its plan (an outbox of webhooks), so a delivery exists if and
-//! only if what it announces was committed, and nothing is kept in memory. Replay rebuilds views without passing here, so it never re-sends old
-//! outcomes; the dispatcher role (`src/webhooks/`) sends what is queued.
+//! only if what it announces was committed, and nothing is kept in memory. Replay rebuilds
+//! views without passing here, so it never re-sends old outcomes or stages; nor does a job
+//! rebuilt from the log when its `job.created` arrives after its other events (its stages are
+//! not announced). The dispatcher role (`src/webhooks/`) sends what is queued.
 
 use super::ReadModelError;
 use crate::adapters::db::{self, webhooks::NewDelivery};
