@@ -55,8 +55,9 @@ enum Command {
     /// run). With one, manage tenants' endpoints and re-send given-up deliveries.
     #[command(
         long_about = "Without a subcommand: the webhook dispatcher. It posts each finished job's \
-outcome (job.completed, job.failed, job.cancelled) to the job's webhook_url or its tenant's \
-endpoint, signed per the Standard Webhooks spec (webhook-id, webhook-timestamp, webhook-signature), \
+outcome (job.completed, job.failed, job.cancelled), and each stage it reaches when it was created \
+with webhook_stages (job.stage), to the job's webhook_url or its tenant's endpoint, signed per \
+the Standard Webhooks spec (webhook-id, webhook-timestamp, webhook-signature), \
 at least once and in order per job, retrying timeouts, 5xx and 429 with exponential backoff for \
 about a day (BDJOBS_WEBHOOK_*). Any number may run.\n\nWith a subcommand: set, list or re-key a \
 tenant's endpoint, or send given-up deliveries again."

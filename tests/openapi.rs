@@ -167,6 +167,7 @@ fn created_view(preset: Option<Preset>) -> JobView {
         Utc::now(),
         Event::Created(Created {
             webhook_url: None,
+            webhook_stages: false,
             preset,
             requested_capabilities: caps
                 .into_iter()
@@ -625,6 +626,7 @@ fn a_jobs_webhook_deliveries_match_their_schema_and_a_wrong_state_does_not() {
         DeliveryInfo {
             delivery_id: bdjobs::domain::webhooks::delivery_id(job, "job.failed"),
             event: "job.failed".into(),
+            stage: None,
             state: "delivered".into(),
             created_at: at,
             next_attempt_at: None,
@@ -637,10 +639,23 @@ fn a_jobs_webhook_deliveries_match_their_schema_and_a_wrong_state_does_not() {
         DeliveryInfo {
             delivery_id: bdjobs::domain::webhooks::delivery_id(job, "job.cancelled"),
             event: "job.cancelled".into(),
+            stage: None,
             state: "pending".into(),
             created_at: at,
             next_attempt_at: Some(at),
             attempts: vec![],
+        },
+        DeliveryInfo {
+            delivery_id: bdjobs::domain::webhooks::stage_delivery_id(
+                job,
+                bdjobs::domain::plan::Capability::EmailVerify,
+            ),
+            event: "job.stage".into(),
+            stage: Some("email_verify".into()),
+            state: "delivered".into(),
+            created_at: at,
+            next_attempt_at: None,
+            attempts: vec![attempt(1, Some(200), None, false)],
         },
     ];
     let out = serde_json::to_value(WebhookDeliveries::of(job, &deliveries)).unwrap();
@@ -651,6 +666,10 @@ fn a_jobs_webhook_deliveries_match_their_schema_and_a_wrong_state_does_not() {
         .starts_with("msg_"));
     let mut bad = out.clone();
     bad["deliveries"][1]["state"] = json!("sent");
+    assert_invalid("WebhookDeliveries", &bad);
+    assert!(out["deliveries"][0].get("stage").is_none());
+    let mut bad = out.clone();
+    bad["deliveries"][2]["stage"] = json!("teleport");
     assert_invalid("WebhookDeliveries", &bad);
 }
 

@@ -52,6 +52,7 @@ async fn recorded_job(res: &Resources) -> (JobRef, RawEnvelope, Vec<RawEnvelope>
     };
     let created = Event::Created(Created {
         webhook_url: None,
+        webhook_stages: false,
         preset: run.plan.preset,
         requested_capabilities: run.plan.capabilities.clone(),
         warnings: vec![],

@@ -11,7 +11,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bdjobs::domain::ids::{JobId, TenantId};
-use bdjobs::domain::messages::{Cancelled, Event, Failed, JobRef, Position};
+use bdjobs::domain::messages::{Cancelled, Event, Failed, JobRef, Position, Progress};
+use bdjobs::domain::plan::Capability;
 use common::Resources;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -100,6 +101,12 @@ async fn gone(State(log): State<Shared>, headers: HeaderMap, body: String) -> Re
     answer.into_response()
 }
 
+/// A receiver that accepts every delivery at once.
+async fn accept(State(log): State<Shared>, headers: HeaderMap, body: String) -> StatusCode {
+    log.lock().unwrap().seen.push(seen(&headers, body, 200));
+    StatusCode::OK
+}
+
 struct Receiver {
     log: Shared,
     port: u16,
@@ -126,6 +133,7 @@ impl Receiver {
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(hook))
             .route("/gone", axum::routing::post(gone))
+            .route("/ok", axum::routing::post(accept))
             .with_state(self.log.clone());
         let token = CancellationToken::new();
         let t = token.clone();
@@ -700,4 +708,227 @@ async fn every_terminal_job_is_delivered_once_by_id_in_order_across_a_sigkill_an
             .unwrap();
     }
     receiver.down().await;
+}
+
+fn progress(
+    job: &str,
+    stage: Capability,
+    attempt: u32,
+    seq: u64,
+) -> bdjobs::domain::messages::RawEnvelope {
+    let job = JobRef {
+        job_id: JobId(job.parse().unwrap()),
+        tenant: TenantId::parse("acme").unwrap(),
+    };
+    Event::Progress(Progress {
+        stage,
+        percent: 10,
+        message: format!("{stage}..."),
+        done: None,
+        total: None,
+    })
+    .into_envelope(&job, Position { attempt, seq }, chrono::Utc::now())
+}
+
+/// What the receiver accepted for `job`, in the order it accepted them: (type, stage).
+fn accepted_for(receiver: &Receiver, job: &str) -> Vec<(String, Option<String>)> {
+    receiver
+        .seen()
+        .iter()
+        .filter(|s| s.answered == 200 && s.body.contains(job))
+        .map(|s| {
+            let body: Value = serde_json::from_str(&s.body).unwrap();
+            let stage = body["data"]["stage"].as_str().map(str::to_owned);
+            (body["type"].as_str().unwrap().to_owned(), stage)
+        })
+        .collect()
+}
+
+fn stage(name: Capability) -> (String, Option<String>) {
+    ("job.stage".to_owned(), Some(name.as_str().to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_that_asks_for_its_stages_gets_each_new_one_in_plan_order_before_its_outcome() {
+    let mut res = Resources::new("webhook_stages").await;
+    res.config.webhook_allow_private = bdjobs::config::Switch::On;
+    let (_dns, mut config) = common::with_demo_dns(&res).await;
+    // Every progress report is sent, so the projector sees every stage the worker enters.
+    config.progress_every_ms = 0;
+    let storage = res.config.storage().unwrap();
+    let res = &res;
+    let key = res.key("acme").await;
+    let receiver = Receiver::start().await;
+    let out = cli(
+        res,
+        &["webhooks", "set", "--tenant", "acme", &receiver.url("/ok")],
+    );
+    let secret = out.lines().last().unwrap().to_owned();
+
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut roles = Vec::new();
+    {
+        let (c, p, s) = (config.clone(), res.pool.clone(), shutdown.clone());
+        roles.push(tokio::spawn(async move {
+            bdjobs::app::run_api(&c, p, listener, s).await
+        }));
+    }
+    let _dispatcher = Dispatcher::start(res);
+    let demo = common::demo_job();
+    let mut staged = demo.clone();
+    staged["webhook_stages"] = json!(true);
+
+    // First the projector's step by hand, before any worker or projector runs, with reports
+    // duplicated and out of order: each stage is announced once, never one older than a stage
+    // already announced, none after the outcome, and one reached in the outcome's own batch
+    // goes first.
+    let by_hand = common::create_job(&base, &key, &staged).await["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let j = by_hand.as_str();
+    let apply = |raws: Vec<bdjobs::domain::messages::RawEnvelope>| {
+        let (pool, storage) = (res.pool.clone(), storage.clone());
+        async move {
+            bdjobs::read_model::apply_batch(&pool, &storage, &raws)
+                .await
+                .unwrap();
+        }
+    };
+    let discovery = progress(j, Capability::ContactDiscovery, 1, 6);
+    apply(vec![progress(j, Capability::Qualification, 1, 2)]).await;
+    apply(vec![
+        discovery.clone(),
+        progress(j, Capability::CompanySize, 1, 4),
+        discovery.clone(),
+    ])
+    .await;
+    // A duplicated run reporting the same stage again.
+    apply(vec![progress(j, Capability::ContactDiscovery, 2, 6)]).await;
+    let failed = Event::Failed(Failed {
+        error: "a failure".to_owned(),
+        stage: None,
+    });
+    apply(vec![
+        progress(j, Capability::EmailVerify, 1, 10),
+        envelope(j, failed, 11),
+    ])
+    .await;
+    apply(vec![progress(j, Capability::DeliverableFinalize, 1, 12)]).await;
+    let listing = common::get_json(&base, &key, &format!("/api/v1/bd/jobs/{j}/webhooks")).await;
+    let queued: Vec<(String, Option<String>)> = listing["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["event"].as_str().unwrap().to_owned(),
+                d["stage"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let expected = vec![
+        stage(Capability::Qualification),
+        stage(Capability::ContactDiscovery),
+        stage(Capability::EmailVerify),
+        ("job.failed".to_owned(), None),
+    ];
+    assert_eq!(queued, expected, "{listing}");
+    let r = &receiver;
+    until(
+        "the hand-made deliveries",
+        Duration::from_secs(60),
+        || async move { accepted_for(r, j).len() == 4 },
+    )
+    .await;
+    assert_eq!(accepted_for(&receiver, j), expected);
+
+    // Then a real run: a job that asked for its stages and one that did not.
+    {
+        let (c, p, s) = (config.clone(), res.pool.clone(), shutdown.clone());
+        roles.push(tokio::spawn(async move {
+            bdjobs::app::run_projector(&c, p, s).await
+        }));
+        let (c, p, s) = (config.clone(), res.pool.clone(), shutdown.clone());
+        roles.push(tokio::spawn(async move {
+            bdjobs::app::run_worker(&c, p, s).await
+        }));
+    }
+    let announced = common::create_job(&base, &key, &staged).await["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let plain = common::create_job(&base, &key, &demo).await["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_terminal(res, &[announced.clone(), plain.clone()]).await;
+    let (a, p) = (announced.as_str(), plain.as_str());
+    until("the outcomes", Duration::from_secs(60), || async move {
+        [a, p].iter().all(|job| {
+            accepted_for(r, job)
+                .last()
+                .is_some_and(|(kind, _)| kind != "job.stage")
+        })
+    })
+    .await;
+    let plan: Vec<String> = common::get_json(&base, &key, &format!("/api/v1/bd/jobs/{a}")).await
+        ["requested_capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    let got = accepted_for(&receiver, a);
+    let (outcome, stages) = got.split_last().unwrap();
+    assert_eq!(outcome.0, "job.completed", "{got:?}");
+    assert!(!stages.is_empty(), "{got:?}");
+    let at: Vec<usize> = stages
+        .iter()
+        .map(|(kind, name)| {
+            assert_eq!(kind, "job.stage");
+            plan.iter()
+                .position(|c| Some(c) == name.as_ref())
+                .unwrap_or_else(|| panic!("{name:?} is not in the plan {plan:?}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+    // Every stage announced is one the worker reported.
+    let client = res.pool.get().await.unwrap();
+    let reported: Vec<String> = client
+        .query(
+            "SELECT DISTINCT envelope->'payload'->>'stage' FROM events
+             WHERE job_id = $1 AND type = 'job.progress'",
+            &[&uuid::Uuid::parse_str(a).unwrap()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for (_, name) in stages {
+        assert!(
+            reported.contains(name.as_ref().unwrap()),
+            "{name:?}: {reported:?}"
+        );
+    }
+    assert_eq!(
+        accepted_for(&receiver, p),
+        [("job.completed".to_owned(), None)]
+    );
+    assert_eq!(
+        python_verifies(&secret, &receiver.seen()),
+        receiver.seen().len()
+    );
+
+    shutdown.cancel();
+    for role in roles {
+        tokio::time::timeout(Duration::from_secs(30), role)
+            .await
+            .expect("roles stop")
+            .unwrap()
+            .unwrap();
+    }
 }

@@ -85,6 +85,7 @@ async fn sources(dns: &StubDns, directory: Arc<dyn Directory>, smtp_port: Option
 fn view_of(job: &JobRef, plan: &Plan, events: &[bdjobs::domain::messages::RawEnvelope]) -> JobView {
     let created = Event::Created(bdjobs::domain::messages::Created {
         webhook_url: None,
+        webhook_stages: false,
         preset: plan.preset,
         requested_capabilities: plan.capabilities.clone(),
         warnings: vec![],

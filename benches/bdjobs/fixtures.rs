@@ -69,6 +69,7 @@ pub async fn record(i: usize, sources: &Sources) -> anyhow::Result<Recorded> {
     let run = run_of(i);
     let created = Event::Created(Created {
         webhook_url: None,
+        webhook_stages: false,
         preset: run.plan.preset,
         requested_capabilities: run.plan.capabilities.clone(),
         warnings: vec![],

@@ -228,6 +228,7 @@ mod tests {
             position: Position::ORIGIN,
             event: DomainEvent::Created(Created {
                 webhook_url: None,
+                webhook_stages: false,
                 preset: None,
                 requested_capabilities: vec![
                     Capability::EmailVerify,

@@ -128,6 +128,11 @@ pub struct CreateJob {
     #[serde(default)]
     #[schema(format = "uri", pattern = "^https://", max_length = 2048)]
     pub webhook_url: Option<String>,
+    /// Also post `job.stage` each time the job is seen starting a later stage of its plan
+    /// (once per stage, never one older than a stage already announced, all before the
+    /// outcome), to the same URL and signed the same way. Default false: the outcome only.
+    #[serde(default)]
+    pub webhook_stages: bool,
 }
 
 fn parse_job_id(s: &str) -> Result<JobId, ApiError> {
@@ -426,6 +431,7 @@ pub async fn create_job(
         companies: shape.companies,
         contacts: shape.contacts,
         webhook_url,
+        webhook_stages: body.webhook_stages,
     })
     .into_envelope(&job, Position::ORIGIN, now);
     let view = JobView::created(

@@ -277,6 +277,11 @@ const BODY_SCHEMAS: [&str; 14] = [
     "Error",
 ];
 
+/// The fields of answers that are left out, rather than null, when they have no value: an
+/// error's `problems`, and a webhook delivery's `stage` (only `job.stage` has one; outcomes are
+/// listed byte for byte as before stages could be announced).
+const ABSENT_WHEN_UNSET: [(&str, &str); 2] = [("Error", "problems"), ("WebhookDelivery", "stage")];
+
 fn schema_mut<'a>(doc: &'a mut Value, name: &str) -> &'a mut Map<String, Value> {
     doc["components"]["schemas"][name]
         .as_object_mut()
@@ -405,7 +410,7 @@ pub fn refine(doc: &mut Value) {
             .as_object()
             .map(|p| {
                 p.keys()
-                    .filter(|k| !(name == "Error" && *k == "problems"))
+                    .filter(|k| !ABSENT_WHEN_UNSET.contains(&(name, k.as_str())))
                     .map(|k| json!(k))
                     .collect()
             })

@@ -55,9 +55,15 @@ pub struct WebhookDeliveries {
 pub struct WebhookDelivery {
     /// The `webhook-id` header of every attempt of this delivery: receivers deduplicate by it.
     pub webhook_id: String,
-    /// The outcome delivered (also the body's `type`).
+    /// The outcome delivered, or `job.stage` for a stage the job reached (also the body's
+    /// `type`).
     #[schema(value_type = WebhookEvent, inline)]
     pub event: String,
+    /// The stage a `job.stage` delivery announces (also the body's `data.stage`); absent for
+    /// an outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::domain::plan::Capability>)]
+    pub stage: Option<String>,
     /// `pending`: to be sent or retried; `delivered`: a 2xx came back; `failed`: given up
     /// (retries exhausted, or a 4xx other than 408 and 429) and kept for re-sending.
     #[schema(value_type = WebhookState, inline)]
@@ -102,6 +108,8 @@ pub enum WebhookEvent {
     Failed,
     #[schema(rename = "job.cancelled")]
     Cancelled,
+    #[schema(rename = "job.stage")]
+    Stage,
 }
 
 #[derive(ToSchema)]
@@ -126,6 +134,7 @@ impl WebhookDelivery {
         Self {
             webhook_id: crate::domain::webhooks::msg_id(d.delivery_id),
             event: d.event.clone(),
+            stage: d.stage.clone(),
             state: d.state.clone(),
             created_at: d.created_at.into(),
             next_attempt_at: d.next_attempt_at.map(ts_ms),
@@ -161,6 +170,7 @@ mod tests {
         let deliveries = [DeliveryInfo {
             delivery_id,
             event: "job.failed".into(),
+            stage: None,
             state: "pending".into(),
             created_at: at,
             next_attempt_at: Some(at),

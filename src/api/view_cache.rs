@@ -81,6 +81,7 @@ mod tests {
             position: Position::ORIGIN,
             event: Event::Created(Created {
                 webhook_url: None,
+                webhook_stages: false,
                 preset: Some(Preset::VerifyExistingEmails),
                 requested_capabilities: vec![Capability::EmailVerify],
                 warnings: vec![],

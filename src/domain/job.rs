@@ -133,6 +133,15 @@ pub struct JobView {
     /// The job's own webhook URL, from its `job.created`; not part of the API's answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// Whether the job asked for its stages to be announced (`webhook_stages` of its
+    /// `job.created`); not part of the API's answers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub webhook_stages: bool,
+    /// The latest stage of the plan any `job.progress` reported, kept only for a job that asked
+    /// for its stages (so other views stay as they were): the maximum, so it converges whatever
+    /// the order of the reports, and a stage is announced when it raises it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_reached: Option<Capability>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -198,6 +207,8 @@ impl JobView {
             chunks_done: Vec::new(),
             chunks_total: 0,
             webhook_url: c.webhook_url.clone(),
+            webhook_stages: c.webhook_stages,
+            stage_reached: None,
         })
     }
 
@@ -238,6 +249,9 @@ impl JobView {
                     self.progress_percent = self.max_percent;
                 }
                 self.set_message(key, &p.message);
+                if self.webhook_stages && self.stage_reached < Some(p.stage) {
+                    self.stage_reached = Some(p.stage);
+                }
             }
             Event::ChunkCompleted(c) => {
                 if self.status == JobStatus::Pending {
@@ -393,6 +407,7 @@ mod tests {
             0,
             Event::Created(Created {
                 webhook_url: None,
+                webhook_stages: false,
                 preset: Some(Preset::VerifyExistingEmails),
                 requested_capabilities: vec![
                     Capability::EmailVerify,
@@ -580,6 +595,38 @@ mod tests {
         assert_eq!(forward.chunks_done, [0, 1, 2]);
         assert_eq!(forward.progress_percent, 74);
         assert_eq!(forward.progress_message, "3 of 4 chunks done...");
+    }
+
+    #[test]
+    fn the_stage_reached_converges_and_is_kept_only_for_a_job_that_asked() {
+        let mut asked = created();
+        if let Event::Created(c) = &mut asked.event {
+            c.webhook_stages = true;
+        }
+        let stage = |seq: u64, stage: Capability| {
+            rec(
+                1,
+                seq,
+                Event::Progress(Progress {
+                    stage,
+                    percent: 10,
+                    message: "m".into(),
+                    done: None,
+                    total: None,
+                }),
+            )
+        };
+        let reports = [
+            stage(2, Capability::EmailVerify),
+            stage(3, Capability::DeliverableFinalize),
+            stage(4, Capability::EmailVerify),
+        ];
+        let stream: Vec<EventRecord> = std::iter::once(asked).chain(reports.clone()).collect();
+        let forward = fold(&stream).unwrap();
+        assert_eq!(forward, fold(stream.iter().rev()).unwrap());
+        assert_eq!(forward.stage_reached, Some(Capability::DeliverableFinalize));
+        let plain: Vec<EventRecord> = std::iter::once(created()).chain(reports).collect();
+        assert_eq!(fold(&plain).unwrap().stage_reached, None);
     }
 
     proptest! {

@@ -361,6 +361,10 @@ pub struct Created {
     /// recordings stay byte for byte the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// Whether each stage the job reaches is announced too (`job.stage`), not only its outcome.
+    /// Omitted when false, so that recordings made before it existed stay byte for byte the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub webhook_stages: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -81,6 +81,7 @@ mod tests {
             0,
             Event::Created(Created {
                 webhook_url: None,
+                webhook_stages: false,
                 preset: None,
                 requested_capabilities: vec![Capability::DeliverableFinalize],
                 warnings: vec![],

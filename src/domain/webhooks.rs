@@ -6,6 +6,7 @@
 
 use super::ids::JobId;
 use super::job::JobView;
+use super::plan::Capability;
 use super::probe::is_internal;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -53,6 +54,29 @@ pub fn delivery_id(job: JobId, event: &str) -> uuid::Uuid {
     uuid::Uuid::new_v5(&job.0, format!("bdjobs webhook {event}").as_bytes())
 }
 
+/// The event of a stage announcement, which a job asks for with `webhook_stages`.
+pub const STAGE_EVENT: &str = "job.stage";
+
+/// The `webhook-id` of a job's announcement of one stage: one per (job, stage), so a stage
+/// reported twice (a redelivered or duplicated event, a retried run) is announced once.
+pub fn stage_delivery_id(job: JobId, stage: Capability) -> uuid::Uuid {
+    uuid::Uuid::new_v5(
+        &job.0,
+        format!("bdjobs webhook {STAGE_EVENT} {stage}").as_bytes(),
+    )
+}
+
+/// The stage to announce after an event moved a job's view from `reached_before` (its
+/// [`JobView::stage_reached`] before the event) to `view`: the stage it has just reached, when
+/// the job asked for its stages, that stage is later in the plan than any reached before (so
+/// never one older than a stage already announced, whatever order the reports arrive in), and
+/// the job has not ended (an outcome is the last thing announced).
+pub fn stage_to_announce(reached_before: Option<Capability>, view: &JobView) -> Option<Capability> {
+    let reached = view.stage_reached?;
+    (view.webhook_stages && !view.status.is_terminal() && Some(reached) > reached_before)
+        .then_some(reached)
+}
+
 /// The `webhook-id` header for a delivery id.
 pub fn msg_id(delivery: uuid::Uuid) -> String {
     format!("msg_{}", delivery.simple())
@@ -76,6 +100,15 @@ pub fn payload(event: &str, view: &JobView) -> serde_json::Value {
         "timestamp": super::render::ts(view.updated_at),
         "data": data,
     })
+}
+
+/// The body of a stage announcement: [`payload`]'s, with the stage reached named in `data`.
+pub fn stage_payload(view: &JobView, stage: Capability) -> serde_json::Value {
+    let mut body = payload(STAGE_EVENT, view);
+    if let Some(map) = body["data"].as_object_mut() {
+        map.insert("stage".to_owned(), serde_json::json!(stage.as_str()));
+    }
+    body
 }
 
 /// Checks a webhook URL: `https`, or `http` only when private targets are allowed (a test or a
@@ -249,6 +282,159 @@ mod tests {
             delivery_id(job, "job.failed")
         );
         assert!(msg_id(delivery_id(job, "job.failed")).starts_with("msg_"));
+    }
+
+    fn stage_view(webhook_stages: bool) -> JobView {
+        use crate::domain::ids::{MessageId, TenantId};
+        use crate::domain::messages::{Created, Event, EventRecord, Position};
+        let created = EventRecord {
+            message_id: MessageId::new(),
+            job_id: JobId(uuid::Uuid::from_u128(42)),
+            tenant: TenantId::parse("acme").unwrap(),
+            occurred_at: chrono::Utc::now(),
+            position: Position::ORIGIN,
+            event: Event::Created(Created {
+                preset: None,
+                requested_capabilities: vec![
+                    Capability::CompanySize,
+                    Capability::EmailVerify,
+                    Capability::DeliverableFinalize,
+                ],
+                warnings: vec![],
+                chat_id: None,
+                companies: 1,
+                contacts: 1,
+                webhook_url: None,
+                webhook_stages,
+            }),
+        };
+        JobView::created(&created).unwrap()
+    }
+
+    fn progress(
+        view: &JobView,
+        seq: u64,
+        stage: Capability,
+    ) -> crate::domain::messages::EventRecord {
+        use crate::domain::ids::MessageId;
+        use crate::domain::messages::{Event, EventRecord, Position, Progress};
+        EventRecord {
+            message_id: MessageId::new(),
+            job_id: view.job_id,
+            tenant: view.tenant.clone(),
+            occurred_at: view.created_at + chrono::Duration::seconds(seq as i64),
+            position: Position { attempt: 1, seq },
+            event: Event::Progress(Progress {
+                stage,
+                percent: 10,
+                message: format!("{stage}..."),
+                done: None,
+                total: None,
+            }),
+        }
+    }
+
+    /// Applies `stages` in order and returns the stages announced, as the projector decides.
+    fn announced(view: &mut JobView, stages: &[Capability]) -> Vec<Capability> {
+        let mut out = Vec::new();
+        for (i, &stage) in stages.iter().enumerate() {
+            let before = view.stage_reached;
+            view.apply(&progress(view, i as u64 + 1, stage));
+            out.extend(stage_to_announce(before, view));
+        }
+        out
+    }
+
+    #[test]
+    fn each_new_stage_of_an_opted_in_job_is_announced_once_in_plan_order() {
+        let mut view = stage_view(true);
+        let stages = [
+            Capability::CompanySize,
+            Capability::CompanySize,
+            Capability::EmailVerify,
+            Capability::EmailVerify,
+            Capability::DeliverableFinalize,
+        ];
+        assert_eq!(
+            announced(&mut view, &stages),
+            [
+                Capability::CompanySize,
+                Capability::EmailVerify,
+                Capability::DeliverableFinalize
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stage_older_than_one_already_announced_is_not_announced() {
+        let mut view = stage_view(true);
+        // Reports out of order, and a retried run starting the plan again.
+        let stages = [
+            Capability::EmailVerify,
+            Capability::CompanySize,
+            Capability::EmailVerify,
+            Capability::DeliverableFinalize,
+            Capability::CompanySize,
+        ];
+        assert_eq!(
+            announced(&mut view, &stages),
+            [Capability::EmailVerify, Capability::DeliverableFinalize]
+        );
+    }
+
+    #[test]
+    fn a_job_that_did_not_ask_for_its_stages_announces_none_and_keeps_its_view_as_before() {
+        let mut view = stage_view(false);
+        let stages = [Capability::CompanySize, Capability::EmailVerify];
+        assert!(announced(&mut view, &stages).is_empty());
+        assert_eq!(view.stage_reached, None);
+        let stored = serde_json::to_value(&view).unwrap();
+        assert!(stored.get("stage_reached").is_none());
+        assert!(stored.get("webhook_stages").is_none());
+    }
+
+    #[test]
+    fn no_stage_is_announced_after_the_outcome() {
+        use crate::domain::ids::MessageId;
+        use crate::domain::messages::{Event, EventRecord, Failed, Position};
+        let mut view = stage_view(true);
+        assert_eq!(
+            announced(&mut view, &[Capability::CompanySize]),
+            [Capability::CompanySize]
+        );
+        view.apply(&EventRecord {
+            message_id: MessageId::new(),
+            job_id: view.job_id,
+            tenant: view.tenant.clone(),
+            occurred_at: view.created_at,
+            position: Position { attempt: 1, seq: 9 },
+            event: Event::Failed(Failed {
+                error: "boom".into(),
+                stage: None,
+            }),
+        });
+        assert!(announced(&mut view, &[Capability::EmailVerify]).is_empty());
+    }
+
+    #[test]
+    fn a_stage_announcement_names_its_stage_and_has_an_id_per_job_and_stage() {
+        let view = stage_view(true);
+        let body = stage_payload(&view, Capability::EmailVerify);
+        assert_eq!(body["type"], STAGE_EVENT);
+        assert_eq!(body["data"]["stage"], "email_verify");
+        assert_eq!(body["data"]["job_id"], view.job_id.0.to_string());
+        assert_eq!(
+            stage_delivery_id(view.job_id, Capability::EmailVerify),
+            stage_delivery_id(view.job_id, Capability::EmailVerify)
+        );
+        assert_ne!(
+            stage_delivery_id(view.job_id, Capability::EmailVerify),
+            stage_delivery_id(view.job_id, Capability::CompanySize)
+        );
+        assert_ne!(
+            stage_delivery_id(view.job_id, Capability::EmailVerify),
+            delivery_id(view.job_id, STAGE_EVENT)
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub async fn append_and_fold(
     if db::jobs::insert_event(tx, raw).await? && view.apply(&rec) {
         db::jobs::save_view(tx, view).await?;
         if view.terminal_at != before {
-            super::webhooks::queue(tx, [&*view]).await?;
+            super::webhooks::queue(tx, Vec::new(), [&*view]).await?;
         }
     }
     Ok(())
@@ -186,11 +186,18 @@ pub async fn apply_batch(
         views.iter().map(|(id, v)| (*id, v.terminal_at)).collect();
     let mut changed = std::collections::HashSet::new();
     let mut created_here = Vec::new();
+    // The stages reached in this batch by jobs that asked for them, in the order reached: decided
+    // in memory, queued with the outcomes in one statement (a job that did not ask costs nothing).
+    let mut stages = Vec::new();
     for &i in &fresh {
         let rec = &records[i];
         results[i] = match views.get_mut(&rec.job_id) {
             Some(view) => {
+                let reached = view.stage_reached;
                 if view.apply(rec) {
+                    if let Some(stage) = crate::domain::webhooks::stage_to_announce(reached, view) {
+                        stages.push(super::webhooks::stage_delivery(view, stage));
+                    }
                     changed.insert(rec.job_id);
                     Applied::Changed
                 } else {
@@ -244,7 +251,7 @@ pub async fn apply_batch(
             None => results[i] = Applied::Orphan,
         }
     }
-    super::webhooks::queue(&tx, newly_terminal.iter().map(|id| &views[id])).await?;
+    super::webhooks::queue(&tx, stages, newly_terminal.iter().map(|id| &views[id])).await?;
     tx.commit().await?;
     Ok(results)
 }

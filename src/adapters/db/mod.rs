@@ -170,7 +170,7 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
 }
 
 /// The migrations, in order. Embedded so the binary carries its own schema.
-pub const MIGRATIONS: [(&str, &str); 8] = [
+pub const MIGRATIONS: [(&str, &str); 9] = [
     (
         "0001_init",
         include_str!("../../../migrations/0001_init.sql"),
@@ -202,6 +202,10 @@ pub const MIGRATIONS: [(&str, &str); 8] = [
     (
         "0008_webhooks",
         include_str!("../../../migrations/0008_webhooks.sql"),
+    ),
+    (
+        "0009_webhook_stages",
+        include_str!("../../../migrations/0009_webhook_stages.sql"),
     ),
 ];
 

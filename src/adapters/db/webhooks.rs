@@ -9,7 +9,8 @@ use deadpool_postgres::{GenericClient, Pool};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// A delivery to queue: a job reached outcome `event` (`job.completed`, ...).
+/// A delivery to queue: a job reached outcome `event` (`job.completed`, ...), or a stage
+/// (`job.stage`, the stage named in the payload and in `delivery_id`).
 pub struct NewDelivery {
     pub delivery_id: Uuid,
     pub job_id: JobId,
@@ -19,9 +20,11 @@ pub struct NewDelivery {
     pub payload: serde_json::Value,
 }
 
-/// Queues deliveries, one statement for all: only for tenants with an endpoint (the secret
-/// signs them), and once per (job, outcome) however often the projector folds the same
-/// transition (a redelivered event, a competing projector). Returns how many were queued.
+/// Queues deliveries, one statement for all, numbered (`id`, the order a job's deliveries go out
+/// in) in the order of `rows`: only for tenants with an endpoint (the secret signs them), and
+/// once per delivery id (a job's outcome, or one of its stages) however often the projector
+/// folds the same transition (a redelivered event, a competing projector). Returns how many
+/// were queued.
 pub async fn enqueue(tx: &impl GenericClient, rows: &[NewDelivery]) -> Result<u64, DbError> {
     if rows.is_empty() {
         return Ok(0);
@@ -37,8 +40,9 @@ pub async fn enqueue(tx: &impl GenericClient, rows: &[NewDelivery]) -> Result<u6
             "INSERT INTO webhook_deliveries (delivery_id, job_id, tenant, event, url, payload)
              SELECT t.d, t.j, t.tenant, t.ev, t.url, t.p
              FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[])
-                  AS t(d, j, tenant, ev, url, p)
+                  WITH ORDINALITY AS t(d, j, tenant, ev, url, p, n)
              WHERE EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.tenant = t.tenant)
+             ORDER BY t.n
              ON CONFLICT DO NOTHING",
             &[&ids, &jobs, &tenants, &events, &urls, &payloads],
         )
@@ -277,6 +281,8 @@ pub async fn redeliver(
 pub struct DeliveryInfo {
     pub delivery_id: Uuid,
     pub event: String,
+    /// The stage a `job.stage` delivery announces.
+    pub stage: Option<String>,
     pub state: String,
     pub created_at: DateTime<Utc>,
     pub next_attempt_at: Option<DateTime<Utc>>,
@@ -312,7 +318,8 @@ pub async fn deliveries_of_job(
     let deliveries = client
         .query(
             "SELECT delivery_id, event, state, created_at,
-                    CASE WHEN state = 'pending' THEN next_attempt_at END
+                    CASE WHEN state = 'pending' THEN next_attempt_at END,
+                    CASE WHEN event = 'job.stage' THEN payload #>> '{data,stage}' END
              FROM webhook_deliveries WHERE job_id = $1 AND tenant = $2 ORDER BY id",
             &[&job.0, &tenant.as_str()],
         )
@@ -336,6 +343,7 @@ pub async fn deliveries_of_job(
                     state: d.get(2),
                     created_at: d.get(3),
                     next_attempt_at: d.get(4),
+                    stage: d.get(5),
                     attempts: attempts
                         .iter()
                         .filter(|a| a.get::<_, Uuid>(0) == id)
