@@ -198,11 +198,23 @@ impl Rabbit {
         )
     }
 
-    /// Waits for node `i`'s pid file and then for its broker to be running.
+    /// Waits for node `i`'s pid file and then for its broker to be running. On a loaded machine
+    /// (other suites building and starting nodes) an Erlang node can take minutes to boot, and
+    /// `rabbitmqctl wait` may give up early (`rabbit_is_not_running` while the node is still
+    /// booting): ask again until three minutes have passed.
     pub fn await_node(&self, i: usize) {
         let pid = self.nodes[i].dir.join("pid");
-        self.ctl(i, &["wait", pid.to_str().unwrap(), "--timeout", "90"])
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail(i)));
+        let started = Instant::now();
+        loop {
+            match self.ctl(i, &["wait", pid.to_str().unwrap(), "--timeout", "50"]) {
+                Ok(_) => return,
+                Err(e) if started.elapsed() < Duration::from_secs(180) => {
+                    eprintln!("node {i} not up yet ({}); asking again", e.trim());
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => panic!("{e}\n{}", self.log_tail(i)),
+            }
+        }
     }
 
     pub fn await_running(&self, count: usize) {
