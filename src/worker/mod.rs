@@ -904,6 +904,19 @@ async fn run_state(
     }
 }
 
+/// Gives a delivery back to the queue after a short pause, so that a dependency that is down
+/// is not hammered by redeliveries.
+async fn requeue_after_pause(delivery: &lapin::message::Delivery) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
+}
+
 /// Malformed: to the dead-letter queue, once, without blocking the queue behind it.
 async fn dead_letter(delivery: &lapin::message::Delivery, error: &str) {
     tracing::error!(error, "dead-lettering a malformed command");
@@ -929,15 +942,7 @@ async fn handle(
     if let Err(e) = claims::open(storage, &mut command).await {
         if e.is_retryable() {
             tracing::warn!(error = %e, "could not read the command's payload; requeueing");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
-            return;
+            return requeue_after_pause(&delivery).await;
         }
         return dead_letter(&delivery, &e.to_string()).await;
     }
@@ -976,15 +981,7 @@ async fn handle(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "job attempt failed; requeueing");
-                // A short pause so a dependency that is down is not hammered by redeliveries.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                requeue_after_pause(&delivery).await;
             }
         }
     }
