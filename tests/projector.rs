@@ -151,7 +151,10 @@ async fn applying_events_twice_and_out_of_order_gives_the_same_read_model() {
     .await
     .unwrap()
     .unwrap();
-    let bytes = storage::get(&store, &asset.storage_key).await.unwrap();
+    let at = asset.byte_offset as u64;
+    let bytes = storage::get_range(&store, &asset.storage_key, at..at + asset.size_bytes as u64)
+        .await
+        .unwrap();
     assert_eq!(bytes.len() as i64, asset.size_bytes);
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(rows.len(), 2);

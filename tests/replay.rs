@@ -152,7 +152,10 @@ async fn answers(pool: &deadpool_postgres::Pool, store: &Operator, job: &RawEnve
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("asset {} is listed but not indexed", a.asset_id));
-        let bytes = storage::get(store, &row.storage_key).await.unwrap();
+        let at = row.byte_offset as u64;
+        let bytes = storage::get_range(store, &row.storage_key, at..at + row.size_bytes as u64)
+            .await
+            .unwrap();
         assert_eq!(bytes.len() as i64, row.size_bytes);
         assets.insert(a.asset_id.as_str().to_owned(), bytes);
     }
@@ -179,7 +182,7 @@ async fn execute(pool: &deadpool_postgres::Pool, sql: &str) -> u64 {
 async fn wipe_read_model(res: &Resources, store: &Operator) {
     let client = res.pool.get().await.unwrap();
     for row in client
-        .query("SELECT storage_key FROM assets", &[])
+        .query("SELECT DISTINCT storage_key FROM assets", &[])
         .await
         .unwrap()
     {

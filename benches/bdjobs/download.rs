@@ -9,7 +9,7 @@ use crate::Scale;
 use bdjobs::adapters::broker::Publisher;
 use bdjobs::adapters::{db, storage};
 use bdjobs::api::{self, AppState};
-use bdjobs::domain::ids::{asset_storage_key, AssetId, JobId};
+use bdjobs::domain::ids::{assets_storage_key, AssetId, JobId};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::future::IntoFuture;
@@ -38,10 +38,11 @@ pub async fn run(scale: Scale, report: &mut Report) -> anyhow::Result<()> {
     let store = storage::operator(&env.config.assets_location())?;
     let job = JobId::new();
     let asset = AssetId::parse("bench_blob")?;
-    let key = asset_storage_key(&env.tenant(), job, &asset);
+    let key = assets_storage_key(&env.tenant(), job);
     let data = payload();
     let row = db::jobs::AssetRow {
         storage_key: key.clone(),
+        byte_offset: 0,
         mime_type: "application/octet-stream".to_owned(),
         size_bytes: SIZE as i64,
         sha256: hex::encode(Sha256::digest(&data)),

@@ -135,8 +135,12 @@ pub fn operator_with(
     )?)
 }
 
-pub async fn put(op: &Operator, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
-    op.write(key, bytes).await?;
+pub async fn put(
+    op: &Operator,
+    key: &str,
+    bytes: impl Into<opendal::Buffer>,
+) -> Result<(), StorageError> {
+    op.write(key, bytes.into()).await?;
     Ok(())
 }
 
@@ -154,6 +158,15 @@ pub async fn get(op: &Operator, key: &str) -> Result<Vec<u8>, StorageError> {
     Ok(op.read(key).await?.to_vec())
 }
 
+/// Bytes `range` of an object, whole in memory (an asset's slice of its job's object).
+pub async fn get_range(
+    op: &Operator,
+    key: &str,
+    range: std::ops::Range<u64>,
+) -> Result<Vec<u8>, StorageError> {
+    Ok(op.read_with(key).range(range).await?.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +179,16 @@ mod tests {
             .unwrap();
         assert_eq!(get(&op, "tenants/a/jobs/j/x").await.unwrap(), b"hello");
         assert!(get(&op, "missing").await.unwrap_err().is_not_found());
+    }
+
+    #[tokio::test]
+    async fn a_range_of_an_object_is_exactly_those_bytes() {
+        let op = operator("memory://").unwrap();
+        put(&op, "k", b"[json]\ncsv,rows\r\n".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(get_range(&op, "k", 7..17).await.unwrap(), b"csv,rows\r\n");
+        assert_eq!(get_range(&op, "k", 0..7).await.unwrap(), b"[json]\n");
     }
 
     #[tokio::test]

@@ -892,7 +892,11 @@ pub async fn get_asset(
     let body = if method == Method::HEAD || start == end {
         Body::empty()
     } else {
-        Body::from_stream(storage::read_range(&state.storage, &row.storage_key, start..end).await?)
+        // The asset is a slice of its job's object (one object holds all of a job's assets).
+        let at = row.byte_offset.max(0) as u64;
+        Body::from_stream(
+            storage::read_range(&state.storage, &row.storage_key, at + start..at + end).await?,
+        )
     };
     let filename = format!("{}-{}.{}", asset, job, extension(&row.mime_type));
     let mut resp = Response::new(body);

@@ -76,19 +76,18 @@ pub async fn run(mut config: Config, examples: &Path, serve: bool) -> anyhow::Re
     let outcome = submit_and_wait(&pool, &base, &job_body).await;
     if let Ok((result, job_id, tenant, key)) = &outcome {
         println!("{}", serde_json::to_string_pretty(result)?);
-        let location = config.assets_location();
-        for asset in result["result_assets"].as_array().into_iter().flatten() {
-            let id = asset["asset_id"].as_str().unwrap_or_default();
-            eprintln!(
-                "asset {id}: stored at {}/{}",
-                location.trim_end_matches('/'),
-                crate::domain::ids::asset_storage_key(
-                    tenant,
-                    *job_id,
-                    &crate::domain::ids::AssetId::parse(id)?
-                )
-            );
-        }
+        let ids: Vec<&str> = result["result_assets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["asset_id"].as_str())
+            .collect();
+        eprintln!(
+            "assets {}: stored as one object, {}/{}",
+            ids.join(" and "),
+            config.assets_location().trim_end_matches('/'),
+            crate::domain::ids::assets_storage_key(tenant, *job_id)
+        );
         if serve {
             eprintln!("==> the web console is at {base}/");
             eprintln!("    sign in with this key of the demo tenant (also for curl and `bdjobs watch`; kept until the database goes):");

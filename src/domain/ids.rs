@@ -180,16 +180,17 @@ impl fmt::Display for AssetId {
     }
 }
 
-/// Where an asset's bytes live. Built only from validated parts, never from request text.
+/// Where a job's assets live: one object that holds them all, each asset a slice of it
+/// (`read_model::assets`). Built only from validated parts, never from request text.
 ///
 /// Jobs share 256 folders per tenant, picked by the last two hex digits of the job id (its
 /// random end: v7 ids begin with the time). A folder of its own per job would cost the
 /// filesystem backend a directory, one inode in three, for every job (the projector bench:
 /// 1,084 → 1,414 events/s on this project's test machine).
-pub fn asset_storage_key(tenant: &TenantId, job: JobId, asset: &AssetId) -> String {
+pub fn assets_storage_key(tenant: &TenantId, job: JobId) -> String {
     let id = job.0.simple().to_string();
     let shard = &id[id.len() - 2..];
-    format!("tenants/{tenant}/assets/{shard}/{id}.{asset}")
+    format!("tenants/{tenant}/assets/{shard}/{id}.deliverable")
 }
 
 #[cfg(test)]
@@ -200,10 +201,9 @@ mod tests {
     fn assets_of_a_tenant_share_256_folders_picked_by_the_random_end_of_the_job_id() {
         let tenant = TenantId::parse("acme").unwrap();
         let job = JobId(Uuid::parse_str("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f40a7").unwrap());
-        let asset = AssetId::parse("verified_contacts").unwrap();
         assert_eq!(
-            asset_storage_key(&tenant, job, &asset),
-            "tenants/acme/assets/a7/0193a1b2c3d47e5f8a9b0c1d2e3f40a7.verified_contacts"
+            assets_storage_key(&tenant, job),
+            "tenants/acme/assets/a7/0193a1b2c3d47e5f8a9b0c1d2e3f40a7.deliverable"
         );
     }
 

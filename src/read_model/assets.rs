@@ -5,10 +5,10 @@
 use super::ReadModelError;
 use crate::adapters::db;
 use crate::adapters::storage::{self, StorageError};
-use crate::domain::ids::{asset_storage_key, AssetId};
+use crate::domain::ids::{assets_storage_key, AssetId};
 use crate::domain::job::JobView;
 use crate::domain::messages::{Completed, Event, EventRecord};
-use crate::domain::stages::deliverable::{render_csv, render_json};
+use crate::domain::stages::deliverable::{write_csv, write_json};
 use opendal::Operator;
 use sha2::{Digest, Sha256};
 
@@ -22,56 +22,62 @@ pub fn deliverable_of(event: &Event) -> Option<&Completed> {
     }
 }
 
-/// One asset of a finished job, rendered: where it goes, its bytes, and its index row.
-pub struct RenderedAsset {
-    pub asset_id: AssetId,
-    pub bytes: Vec<u8>,
-    pub row: db::jobs::AssetRow,
+/// A finished job's assets, rendered: the one object that holds them all, where it goes, and
+/// the index row of each (its slice of the object).
+///
+/// One object, not one per asset, because on a filesystem each object costs an inode and an
+/// fsync in the projector's batch, and these small jobs are mostly that cost (issue 18). The
+/// API serves each asset as its own slice, ranges included, so clients never see the bundle.
+pub struct RenderedAssets {
+    pub storage_key: String,
+    pub bytes: opendal::Buffer,
+    pub assets: Vec<(AssetId, db::jobs::AssetRow)>,
 }
 
-/// Renders the assets the view's result lists from the completion that won the fold. Pure and
-/// deterministic: same event, same bytes, which is what lets replay reproduce every download.
-pub fn render_assets(view: &JobView, done: &Completed) -> Vec<RenderedAsset> {
-    let Some(result) = &view.result else {
-        return Vec::new();
-    };
-    result
-        .assets
-        .iter()
-        .map(|asset| {
-            let bytes = match asset.mime_type.as_str() {
-                "text/csv" => render_csv(&done.contacts),
-                _ => render_json(&done.contacts),
-            };
-            let row = db::jobs::AssetRow {
-                storage_key: asset_storage_key(&view.tenant, view.job_id, &asset.asset_id),
-                mime_type: asset.mime_type.clone(),
-                size_bytes: bytes.len() as i64,
-                sha256: hex::encode(Sha256::digest(&bytes)),
-            };
-            RenderedAsset {
-                asset_id: asset.asset_id.clone(),
-                bytes,
-                row,
-            }
-        })
-        .collect()
+/// Renders the assets the view's result lists from the completion that won the fold, in the
+/// order listed, into one object. Pure and deterministic: same event, same bytes, which is what
+/// lets replay reproduce every download. `None` when the result lists no asset.
+pub fn render_assets(view: &JobView, done: &Completed) -> Option<RenderedAssets> {
+    let listed = &view.result.as_ref()?.assets;
+    if listed.is_empty() {
+        return None;
+    }
+    let storage_key = assets_storage_key(&view.tenant, view.job_id);
+    let mut bytes = Vec::new();
+    let mut assets = Vec::with_capacity(listed.len());
+    for asset in listed {
+        let start = bytes.len();
+        match asset.mime_type.as_str() {
+            "text/csv" => write_csv(&done.contacts, &mut bytes),
+            _ => write_json(&done.contacts, &mut bytes),
+        }
+        let slice = &bytes[start..];
+        let row = db::jobs::AssetRow {
+            storage_key: storage_key.clone(),
+            byte_offset: start as i64,
+            mime_type: asset.mime_type.clone(),
+            size_bytes: slice.len() as i64,
+            sha256: hex::encode(Sha256::digest(slice)),
+        };
+        assets.push((asset.asset_id.clone(), row));
+    }
+    Some(RenderedAssets {
+        storage_key,
+        bytes: bytes.into(),
+        assets,
+    })
 }
 
-/// Writes rendered assets to object storage, many at once. A rewrite puts identical bytes.
-pub async fn put_assets(storage: &Operator, assets: &[RenderedAsset]) -> Result<(), StorageError> {
-    put_all(storage, assets.iter()).await
-}
-
-async fn put_all<'a>(
+/// Writes rendered assets to object storage, many jobs at once. A rewrite puts identical bytes.
+pub async fn put_assets(
     storage: &Operator,
-    assets: impl Iterator<Item = &'a RenderedAsset>,
+    rendered: &[RenderedAssets],
 ) -> Result<(), StorageError> {
     use futures::stream::TryStreamExt;
     // Local disks and object stores both take parallel writes far better than a queue of them.
-    futures::stream::iter(assets.map(Ok::<_, StorageError>))
-        .try_for_each_concurrent(32, |a| {
-            storage::put(storage, &a.row.storage_key, a.bytes.clone())
+    futures::stream::iter(rendered.iter().map(Ok::<_, StorageError>))
+        .try_for_each_concurrent(32, |r| {
+            storage::put(storage, &r.storage_key, r.bytes.clone())
         })
         .await
 }
@@ -96,25 +102,28 @@ pub async fn sync_assets_many(
     jobs: &[(&JobView, &EventRecord)],
 ) -> Result<(), ReadModelError> {
     let mut without = Vec::new();
+    let mut decided = Vec::new();
     let mut rendered = Vec::new();
     for (view, winner) in jobs {
         match deliverable_of(&winner.event) {
-            Some(done) => rendered.push((*view, render_assets(view, done))),
+            Some(done) => {
+                if let Some(r) = render_assets(view, done) {
+                    decided.push(*view);
+                    rendered.push(r);
+                }
+            }
             None => without.push(view.job_id.0),
         }
     }
-    put_all(
-        storage,
-        rendered.iter().flat_map(|(_, assets)| assets.iter()),
-    )
-    .await?;
+    put_assets(storage, &rendered).await?;
     db::jobs::delete_assets_of(tx, &without).await?;
-    let rows: Vec<_> = rendered
+    let rows: Vec<_> = decided
         .iter()
-        .flat_map(|(view, assets)| {
-            assets
+        .zip(&rendered)
+        .flat_map(|(view, r)| {
+            r.assets
                 .iter()
-                .map(move |a| (&view.tenant, view.job_id, &a.asset_id, &a.row))
+                .map(move |(id, row)| (&view.tenant, view.job_id, id, row))
         })
         .collect();
     db::jobs::upsert_assets(tx, &rows).await?;
@@ -127,4 +136,121 @@ pub fn winner<'a>(view: &JobView, records: &'a [EventRecord]) -> Option<&'a Even
     records
         .iter()
         .find(|r| r.position == pos && r.message_id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::{JobId, MessageId, TenantId};
+    use crate::domain::job::fold;
+    use crate::domain::messages::{Created, Position};
+    use crate::domain::plan::{Capability, Preset};
+    use crate::domain::stages::deliverable::{render_csv, render_json};
+    use crate::domain::stages::DeliveredContact;
+    use crate::domain::stages::Summary;
+
+    fn record(seq: u64, event: Event) -> EventRecord {
+        EventRecord {
+            message_id: MessageId::new(),
+            job_id: JobId(uuid::Uuid::from_u128(0x0193a1b2c3d47e5f8a9b0c1d2e3f40a7)),
+            tenant: TenantId::parse("acme").unwrap(),
+            occurred_at: chrono::Utc::now(),
+            position: Position { attempt: 1, seq },
+            event,
+        }
+    }
+
+    fn finished_job(contacts: Vec<DeliveredContact>) -> (JobView, Completed) {
+        let done = Completed {
+            summary: Summary::default(),
+            contacts,
+        };
+        let events = [
+            record(
+                0,
+                Event::Created(Created {
+                    webhook_url: None,
+                    webhook_stages: false,
+                    preset: Some(Preset::VerifyExistingEmails),
+                    requested_capabilities: vec![
+                        Capability::EmailVerify,
+                        Capability::DeliverableFinalize,
+                    ],
+                    warnings: vec![],
+                    chat_id: None,
+                    companies: 0,
+                    contacts: 2,
+                }),
+            ),
+            record(1, Event::Completed(done.clone())),
+        ];
+        (fold(&events).unwrap(), done)
+    }
+
+    #[test]
+    fn a_jobs_assets_are_slices_of_one_object_each_exactly_its_own_rendering() {
+        let contacts = vec![
+            DeliveredContact {
+                full_name: Some("Zoë Ångström".into()),
+                email: Some("zoe@acme.example".into()),
+                source: "input".into(),
+                ..Default::default()
+            },
+            DeliveredContact {
+                full_name: Some("Ada, \"the\" Countess".into()),
+                source: "input".into(),
+                ..Default::default()
+            },
+        ];
+        let (view, done) = finished_job(contacts.clone());
+        let r = render_assets(&view, &done).unwrap();
+        assert_eq!(
+            r.storage_key,
+            "tenants/acme/assets/a7/0193a1b2c3d47e5f8a9b0c1d2e3f40a7.deliverable"
+        );
+        let object = r.bytes.to_vec();
+        let listed: Vec<&str> = view
+            .result
+            .as_ref()
+            .unwrap()
+            .assets
+            .iter()
+            .map(|a| a.asset_id.as_str())
+            .collect();
+        let indexed: Vec<&str> = r.assets.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(indexed, listed);
+        let mut end = 0;
+        for (_, row) in &r.assets {
+            assert_eq!(row.storage_key, r.storage_key);
+            assert_eq!(row.byte_offset as usize, end, "slices are back to back");
+            let slice = &object[end..end + row.size_bytes as usize];
+            let expected = match row.mime_type.as_str() {
+                "text/csv" => render_csv(&contacts),
+                _ => render_json(&contacts),
+            };
+            assert_eq!(slice, expected, "{}", row.mime_type);
+            assert_eq!(row.sha256, hex::encode(Sha256::digest(&expected)));
+            end += row.size_bytes as usize;
+        }
+        assert_eq!(
+            end,
+            object.len(),
+            "the object holds the assets and nothing else"
+        );
+    }
+
+    #[test]
+    fn the_same_completion_renders_the_same_object() {
+        let (view, done) = finished_job(vec![DeliveredContact {
+            email: Some("a@acme.example".into()),
+            source: "input".into(),
+            ..Default::default()
+        }]);
+        let (a, b) = (
+            render_assets(&view, &done).unwrap(),
+            render_assets(&view, &done).unwrap(),
+        );
+        assert_eq!(a.bytes.to_vec(), b.bytes.to_vec());
+        assert_eq!(a.assets, b.assets);
+    }
 }

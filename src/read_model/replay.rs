@@ -117,7 +117,7 @@ pub struct Rebuild {
 /// Folds one job's events and renders its assets (not yet stored).
 fn rebuild_job(
     events: &[RawEnvelope],
-) -> Result<Option<(log::ShadowRow<'_>, Vec<assets::RenderedAsset>)>, ReplayError> {
+) -> Result<Option<(log::ShadowRow<'_>, Option<assets::RenderedAssets>)>, ReplayError> {
     let records = events
         .iter()
         .map(EventRecord::from_raw)
@@ -126,17 +126,14 @@ fn rebuild_job(
         return Ok(None);
     };
     let view = fold(&records);
-    let mut rendered = Vec::new();
-    if let Some(view) = &view {
-        if let Some(winner) = assets::winner(view, &records) {
-            if let Some(done) = assets::deliverable_of(&winner.event) {
-                rendered = assets::render_assets(view, done);
-            }
-        }
-    }
+    let rendered = view.as_ref().and_then(|view| {
+        let winner = assets::winner(view, &records)?;
+        assets::render_assets(view, assets::deliverable_of(&winner.event)?)
+    });
     let assets = rendered
         .iter()
-        .map(|a| (a.asset_id.as_str().to_owned(), a.row.clone()))
+        .flat_map(|r| &r.assets)
+        .map(|(id, row)| (id.as_str().to_owned(), row.clone()))
         .collect();
     let row = log::ShadowRow {
         job: first.job_id,

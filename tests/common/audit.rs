@@ -80,18 +80,24 @@ pub async fn job_facts(
     }
     for r in db
         .query(
-            "SELECT job_id::text, storage_key, sha256, size_bytes FROM assets WHERE job_id = ANY($1)",
+            "SELECT job_id::text, storage_key, sha256, size_bytes, byte_offset FROM assets
+             WHERE job_id = ANY($1)",
             &[&uuids],
         )
         .await
         .unwrap()
     {
-        let (job, storage_key, sha, size): (String, String, String, i64) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
-        let bytes = std::fs::read(assets.join(&storage_key)).unwrap_or_default();
+        let (job, storage_key, sha, size, offset): (String, String, String, i64, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        // An asset is its slice of the job's object; a short or missing object gives fewer bytes.
+        let object = std::fs::read(assets.join(&storage_key)).unwrap_or_default();
+        let bytes = object
+            .get(offset as usize..)
+            .map(|rest| &rest[..rest.len().min(size as usize)])
+            .unwrap_or_default();
         if let Some(f) = facts.get_mut(&job) {
             f.assets += 1;
-            if bytes.len() as i64 == size && hex::encode(Sha256::digest(&bytes)) == sha {
+            if bytes.len() as i64 == size && hex::encode(Sha256::digest(bytes)) == sha {
                 f.whole_assets += 1;
             }
         }

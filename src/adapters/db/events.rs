@@ -298,18 +298,22 @@ pub async fn swap_shadow(
         .await?;
     let assets_changed = tx
         .execute(
-            "INSERT INTO assets (job_id, asset_id, tenant, storage_key, mime_type, size_bytes, sha256)
-             SELECT r.job_id, a->>'asset_id', r.tenant, a->>'storage_key', a->>'mime_type',
+            "INSERT INTO assets (job_id, asset_id, tenant, storage_key, byte_offset, mime_type,
+                                 size_bytes, sha256)
+             SELECT r.job_id, a->>'asset_id', r.tenant, a->>'storage_key',
+                    COALESCE((a->>'byte_offset')::bigint, 0), a->>'mime_type',
                     (a->>'size_bytes')::bigint, a->>'sha256'
              FROM jobs_rebuild r, jsonb_array_elements(r.assets) a
              WHERE r.run_id = $1
              ON CONFLICT (job_id, asset_id) DO UPDATE
              SET tenant = EXCLUDED.tenant, storage_key = EXCLUDED.storage_key,
-                 mime_type = EXCLUDED.mime_type, size_bytes = EXCLUDED.size_bytes,
-                 sha256 = EXCLUDED.sha256
-             WHERE (assets.tenant, assets.storage_key, assets.mime_type, assets.size_bytes, assets.sha256)
+                 byte_offset = EXCLUDED.byte_offset, mime_type = EXCLUDED.mime_type,
+                 size_bytes = EXCLUDED.size_bytes, sha256 = EXCLUDED.sha256
+             WHERE (assets.tenant, assets.storage_key, assets.byte_offset, assets.mime_type,
+                    assets.size_bytes, assets.sha256)
                    IS DISTINCT FROM
-                   (EXCLUDED.tenant, EXCLUDED.storage_key, EXCLUDED.mime_type, EXCLUDED.size_bytes, EXCLUDED.sha256)",
+                   (EXCLUDED.tenant, EXCLUDED.storage_key, EXCLUDED.byte_offset, EXCLUDED.mime_type,
+                    EXCLUDED.size_bytes, EXCLUDED.sha256)",
             &[&run],
         )
         .await?;

@@ -304,9 +304,14 @@ pub async fn status(pool: &Pool, job: JobId) -> Result<Option<JobStatus>, DbErro
     Ok(row.and_then(|r| JobStatus::parse(r.get::<_, &str>(0))))
 }
 
+/// Where one asset's bytes are: the slice `[byte_offset, byte_offset + size_bytes)` of the
+/// object at `storage_key` (a job's assets share one object; see `read_model::assets`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AssetRow {
     pub storage_key: String,
+    /// Absent from rows recorded before assets shared an object: those start at byte 0.
+    #[serde(default)]
+    pub byte_offset: i64,
     pub mime_type: String,
     pub size_bytes: i64,
     pub sha256: String,
@@ -320,16 +325,19 @@ pub async fn upsert_asset(
     row: &AssetRow,
 ) -> Result<(), DbError> {
     tx.execute(
-        "INSERT INTO assets (job_id, asset_id, tenant, storage_key, mime_type, size_bytes, sha256)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO assets (job_id, asset_id, tenant, storage_key, byte_offset, mime_type,
+                             size_bytes, sha256)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (job_id, asset_id) DO UPDATE
-         SET storage_key = EXCLUDED.storage_key, mime_type = EXCLUDED.mime_type,
-             size_bytes = EXCLUDED.size_bytes, sha256 = EXCLUDED.sha256",
+         SET storage_key = EXCLUDED.storage_key, byte_offset = EXCLUDED.byte_offset,
+             mime_type = EXCLUDED.mime_type, size_bytes = EXCLUDED.size_bytes,
+             sha256 = EXCLUDED.sha256",
         &[
             &job.0,
             &asset.as_str(),
             &tenant.as_str(),
             &row.storage_key,
+            &row.byte_offset,
             &row.mime_type,
             &row.size_bytes,
             &row.sha256,
@@ -351,22 +359,27 @@ pub async fn upsert_assets(
     let ids: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
     let tenants: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
     let keys: Vec<&str> = rows.iter().map(|r| r.3.storage_key.as_str()).collect();
+    let offsets: Vec<i64> = rows.iter().map(|r| r.3.byte_offset).collect();
     let mimes: Vec<&str> = rows.iter().map(|r| r.3.mime_type.as_str()).collect();
     let sizes: Vec<i64> = rows.iter().map(|r| r.3.size_bytes).collect();
     let sums: Vec<&str> = rows.iter().map(|r| r.3.sha256.as_str()).collect();
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO assets (job_id, asset_id, tenant, storage_key, mime_type, size_bytes, sha256)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::int8[], $7::text[])
+            "INSERT INTO assets (job_id, asset_id, tenant, storage_key, byte_offset, mime_type,
+                                 size_bytes, sha256)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                                  $6::text[], $7::int8[], $8::text[])
              ON CONFLICT (job_id, asset_id) DO UPDATE
-             SET storage_key = EXCLUDED.storage_key, mime_type = EXCLUDED.mime_type,
-                 size_bytes = EXCLUDED.size_bytes, sha256 = EXCLUDED.sha256",
+             SET storage_key = EXCLUDED.storage_key, byte_offset = EXCLUDED.byte_offset,
+                 mime_type = EXCLUDED.mime_type, size_bytes = EXCLUDED.size_bytes,
+                 sha256 = EXCLUDED.sha256",
         )
         .await?;
     tx.execute(
         &stmt,
-        &[&jobs, &ids, &tenants, &keys, &mimes, &sizes, &sums],
+        &[
+            &jobs, &ids, &tenants, &keys, &offsets, &mimes, &sizes, &sums,
+        ],
     )
     .await?;
     Ok(())
@@ -399,16 +412,17 @@ pub async fn get_asset(
     let client = pool.get().await?;
     Ok(client
         .query_opt(
-            "SELECT storage_key, mime_type, size_bytes, sha256 FROM assets
+            "SELECT storage_key, byte_offset, mime_type, size_bytes, sha256 FROM assets
              WHERE job_id = $1 AND asset_id = $2 AND tenant = $3",
             &[&job.0, &asset.as_str(), &tenant.as_str()],
         )
         .await?
         .map(|r| AssetRow {
             storage_key: r.get(0),
-            mime_type: r.get(1),
-            size_bytes: r.get(2),
-            sha256: r.get(3),
+            byte_offset: r.get(1),
+            mime_type: r.get(2),
+            size_bytes: r.get(3),
+            sha256: r.get(4),
         }))
 }
 

@@ -170,7 +170,7 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
 }
 
 /// The migrations, in order. Embedded so the binary carries its own schema.
-pub const MIGRATIONS: [(&str, &str); 9] = [
+pub const MIGRATIONS: [(&str, &str); 10] = [
     (
         "0001_init",
         include_str!("../../../migrations/0001_init.sql"),
@@ -206,6 +206,10 @@ pub const MIGRATIONS: [(&str, &str); 9] = [
     (
         "0009_webhook_stages",
         include_str!("../../../migrations/0009_webhook_stages.sql"),
+    ),
+    (
+        "0010_asset_bundles",
+        include_str!("../../../migrations/0010_asset_bundles.sql"),
     ),
 ];
 

@@ -83,9 +83,15 @@ pub fn count_statuses(rows: &[DeliveredContact], summary: &mut Summary) {
 }
 
 pub fn render_json(rows: &[DeliveredContact]) -> Vec<u8> {
-    let mut out = serde_json::to_vec_pretty(rows).expect("contacts serialise");
-    out.push(b'\n');
+    let mut out = Vec::new();
+    write_json(rows, &mut out);
     out
+}
+
+/// [`render_json`], appended to `out`.
+pub fn write_json(rows: &[DeliveredContact], out: &mut Vec<u8>) {
+    serde_json::to_writer_pretty(&mut *out, rows).expect("contacts serialise");
+    out.push(b'\n');
 }
 
 pub const CSV_COLUMNS: [&str; 21] = [
@@ -133,9 +139,17 @@ fn json_word<T: serde::Serialize>(v: &Option<T>) -> String {
 /// The same rows as CSV: UTF-8 with a byte-order mark (so Excel picks the right encoding), CRLF
 /// line ends as RFC 4180 says, and a header row.
 pub fn render_csv(rows: &[DeliveredContact]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_csv(rows, &mut out);
+    out
+}
+
+/// [`render_csv`], appended to `out`.
+pub fn write_csv(rows: &[DeliveredContact], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\xEF\xBB\xBF");
     let mut w = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
-        .from_writer(b"\xEF\xBB\xBF".to_vec());
+        .from_writer(out);
     w.write_record(CSV_COLUMNS).expect("in-memory write");
     for (i, r) in rows.iter().enumerate() {
         let checks = r.email_checks.as_ref();
@@ -169,7 +183,7 @@ pub fn render_csv(rows: &[DeliveredContact]) -> Vec<u8> {
         ];
         w.write_record(&record).expect("in-memory write");
     }
-    w.into_inner().expect("in-memory flush")
+    w.flush().expect("in-memory flush");
 }
 
 #[cfg(test)]
