@@ -256,3 +256,182 @@ async fn concurrent_batches_with_repeats_inside_them_give_the_same_read_model() 
         assert_eq!(stored.status, JobStatus::Completed);
     }
 }
+
+/// Publishes an event to the projector's exchange with a confirm.
+async fn publish_event(
+    publisher: &bdjobs::adapters::broker::Publisher,
+    res: &Resources,
+    raw: &RawEnvelope,
+) {
+    let id = raw.message_id.to_string();
+    publisher
+        .publish(bdjobs::adapters::broker::Outgoing {
+            exchange: &res.topology().events_exchange(),
+            routing_key: &raw.kind,
+            message_id: &id,
+            kind: &raw.kind,
+            body: &serde_json::to_vec(raw).unwrap(),
+            correlation_id: None,
+        })
+        .await
+        .unwrap();
+}
+
+/// The message ids of the events logged so far.
+async fn logged(res: &Resources) -> std::collections::HashSet<uuid::Uuid> {
+    res.pool
+        .get()
+        .await
+        .unwrap()
+        .query("SELECT message_id FROM events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// How many consumers the queue has (0 while it does not exist yet).
+async fn consumers(conn: &lapin::Connection, queue: &str) -> u32 {
+    // A passive declare of a queue not yet declared closes its channel: a fresh one each time.
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .map(|q| q.consumer_count())
+        .unwrap_or(0)
+}
+
+/// The projector acks many deliveries in one frame (`multiple`), and batches commit out of
+/// order. A batch stuck behind a row lock must keep its delivery unacknowledged however many
+/// later batches commit meanwhile: when the projector then dies, the broker hands the event
+/// to the next consumer. Acking each batch's last delivery with `multiple` (the tempting
+/// shortcut) would cover the stuck one and lose it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_has_not_committed_is_never_covered_by_a_later_batchs_ack() {
+    use lapin::options::BasicGetOptions;
+    use std::time::{Duration, Instant};
+
+    let res = Resources::new("acks").await;
+    // Job A exists, and this test holds its row locked, as a slow transaction would.
+    let job_a = JobRef {
+        job_id: JobId::new(),
+        tenant: TenantId::parse("acme").unwrap(),
+    };
+    let created = Event::Created(Created {
+        webhook_url: None,
+        webhook_stages: false,
+        preset: None,
+        requested_capabilities: vec![bdjobs::domain::plan::Capability::EmailVerify],
+        warnings: vec![],
+        chat_id: None,
+        companies: 0,
+        contacts: 1,
+    })
+    .into_envelope(&job_a, Position::ORIGIN, Utc::now());
+    let store = storage::operator("memory://").unwrap();
+    apply(&res.pool, &store, &created).await.unwrap();
+    let mut locker = res.pool.get().await.unwrap();
+    let lock = locker.transaction().await.unwrap();
+    lock.execute(
+        "SELECT 1 FROM jobs WHERE job_id = $1 FOR UPDATE",
+        &[&job_a.job_id.0],
+    )
+    .await
+    .unwrap();
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let projector = tokio::spawn(bdjobs::projector::run(
+        bdjobs::projector::ProjectorConfig {
+            amqp_url: res.config.amqp_url.clone(),
+            topology: res.topology(),
+            prefetch: 16,
+            name: "test-projector".to_owned(),
+            stuck_after: Duration::from_secs(3600),
+        },
+        res.pool.clone(),
+        store.clone(),
+        shutdown.clone(),
+    ));
+    let conn = lapin::Connection::connect(&res.config.amqp_url, Default::default())
+        .await
+        .unwrap();
+    let queue = res.topology().projector_queue();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumers(&conn, &queue).await == 0 {
+        assert!(Instant::now() < deadline, "the projector never consumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let channel = conn.create_channel().await.unwrap();
+
+    // A's event: its batch waits for the lock.
+    let publisher = bdjobs::adapters::broker::Publisher::new(
+        &res.config.amqp_url,
+        "test-events",
+        res.topology(),
+    );
+    let stuck = Event::Started(bdjobs::domain::messages::Started { worker: "w".into() })
+        .into_envelope(&job_a, Position { attempt: 1, seq: 0 }, Utc::now());
+    publish_event(&publisher, &res, &stuck).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Later events of other jobs: their batches commit while A's waits.
+    let mut later = Vec::new();
+    for _ in 0..12 {
+        let other = JobRef {
+            job_id: JobId::new(),
+            tenant: TenantId::parse("acme").unwrap(),
+        };
+        let raw = Event::Started(bdjobs::domain::messages::Started { worker: "w".into() })
+            .into_envelope(&other, Position { attempt: 1, seq: 0 }, Utc::now());
+        publish_event(&publisher, &res, &raw).await;
+        later.push(raw.message_id.0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = logged(&res).await;
+        if later.iter().all(|id| seen.contains(id)) {
+            assert!(!seen.contains(&stuck.message_id.0), "A's batch committed");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the later batches never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for any ack the commits made to reach the broker, then the projector dies.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    projector.abort();
+    let _ = projector.await;
+
+    // The broker still holds A's event: it was never acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut back = Vec::new();
+    'found: loop {
+        while let Some(m) = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let raw: RawEnvelope = serde_json::from_slice(&m.delivery.data).unwrap();
+            back.push(raw.message_id.0);
+            if raw.message_id == stuck.message_id {
+                break 'found;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A's event was acknowledged before its batch committed (back in the queue: {back:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lock.rollback().await.unwrap();
+    shutdown.cancel();
+}

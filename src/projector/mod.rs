@@ -113,6 +113,8 @@ async fn consume(
     // The prefetch window is shared by the batches in flight, so that each can fill up.
     let max_batch = (usize::from(config.prefetch) / BATCHES_IN_FLIGHT).max(1);
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    // Delivery tags belong to this channel: a reconnection starts a new one, and a new settler.
+    let settler = std::sync::Arc::new(Settler::default());
     let tasks = tokio_util::task::TaskTracker::new();
     let ended = loop {
         let permit = tokio::select! {
@@ -162,6 +164,7 @@ async fn consume(
                         correlation_id = broker::correlation_id_of(&delivery.properties).as_deref(),
                         "event received"
                     );
+                    settler.take(&delivery).await;
                     batch.push((delivery, raw))
                 }
                 Err(e) => {
@@ -180,9 +183,10 @@ async fn consume(
             continue;
         }
         let (pool, storage, shutdown) = (pool.clone(), storage.clone(), shutdown.clone());
+        let settler = settler.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            if let Err(e) = settle_batch(&pool, &storage, batch, &shutdown).await {
+            if let Err(e) = settle_batch(&pool, &storage, &settler, batch, &shutdown).await {
                 tracing::warn!(error = %e, "could not settle a batch; the broker will redeliver it");
             }
         });
@@ -198,12 +202,103 @@ async fn consume(
 /// batch takes its locks in the same order.
 const BATCHES_IN_FLIGHT: usize = 4;
 
+/// Acknowledges deliveries once their batch has committed, many in one `basic.ack` where it
+/// can: at this load a batch holds a few jobs' events, and acking each one cost the broker and
+/// the projector a frame per event (issue 18).
+///
+/// A `multiple` ack settles every unsettled delivery of the channel up to its tag, and batches
+/// commit out of order (several are in flight), so one may be sent only up to the first
+/// delivery whose batch has not committed. The settler holds the deliveries taken and not yet
+/// settled, in tag order (the order the channel delivered them), and acks the committed prefix
+/// in one frame. Deliveries settled otherwise (requeued, dead-lettered) leave it at once, with
+/// their own frame, before any ack could cover them. Sends are serialised under the lock: an
+/// ack overtaken by a larger one would name a tag the broker no longer knows, which closes the
+/// channel.
+#[derive(Default)]
+struct Settler {
+    /// Tag → (the delivery's acker, whether its batch committed).
+    pending: tokio::sync::Mutex<std::collections::BTreeMap<u64, (lapin::Acker, bool)>>,
+}
+
+/// How a delivery is settled on its own.
+enum Alone {
+    /// Back to the queue (shutdown, or a retryable failure of its event alone).
+    Requeue,
+    /// To the dead-letter queue (its event can never be applied).
+    DeadLetter,
+}
+
+impl Settler {
+    /// Registers a delivery taken into a batch, before the batch starts.
+    async fn take(&self, d: &lapin::message::Delivery) {
+        self.pending
+            .lock()
+            .await
+            .insert(d.delivery_tag, (d.acker.clone(), false));
+    }
+
+    /// The deliveries' events are committed: ack them, with every earlier one already committed.
+    async fn committed(&self, tags: impl Iterator<Item = u64>) -> Result<(), BrokerError> {
+        let mut pending = self.pending.lock().await;
+        for tag in tags {
+            if let Some(entry) = pending.get_mut(&tag) {
+                entry.1 = true;
+            }
+        }
+        Self::ack_committed_prefix(&mut pending).await
+    }
+
+    /// Settles one delivery by itself (which may let the prefix before it go too).
+    async fn alone(&self, d: &lapin::message::Delivery, how: Alone) -> Result<(), BrokerError> {
+        let mut pending = self.pending.lock().await;
+        pending.remove(&d.delivery_tag);
+        match how {
+            Alone::Requeue => {
+                d.acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?
+            }
+            Alone::DeadLetter => {
+                d.acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?
+            }
+        };
+        Self::ack_committed_prefix(&mut pending).await
+    }
+
+    async fn ack_committed_prefix(
+        pending: &mut std::collections::BTreeMap<u64, (lapin::Acker, bool)>,
+    ) -> Result<(), BrokerError> {
+        let Some(last) = pending
+            .iter()
+            .take_while(|(_, (_, committed))| *committed)
+            .map(|(tag, _)| *tag)
+            .last()
+        else {
+            return Ok(());
+        };
+        let rest = pending.split_off(&(last + 1));
+        let prefix = std::mem::replace(pending, rest);
+        let (acker, _) = prefix
+            .into_values()
+            .next_back()
+            .expect("the prefix holds `last`");
+        acker.ack(BasicAckOptions { multiple: true }).await?;
+        Ok(())
+    }
+}
+
 /// Applies one batch and settles its deliveries: acked after the commit, requeued on shutdown,
 /// and, if the batch as a whole cannot be applied, retried event by event so that only the
 /// event at fault is dead-lettered.
 async fn settle_batch(
     pool: &Pool,
     storage: &Operator,
+    settler: &Settler,
     batch: Vec<(lapin::message::Delivery, RawEnvelope)>,
     shutdown: &CancellationToken,
 ) -> Result<(), BrokerError> {
@@ -214,38 +309,28 @@ async fn settle_batch(
         .await
     {
         Ok(_) => {
-            // One by one: with several batches in flight, a multiple-ack could settle another
-            // batch's deliveries before its commit.
-            for (d, _) in &batch {
-                d.acker.ack(BasicAckOptions::default()).await?;
-            }
+            settler
+                .committed(batch.iter().map(|(d, _)| d.delivery_tag))
+                .await?;
         }
         Err(e) if e.is_retryable() => {
             // Only on shutdown: the events go back to the queue for the next projector.
-            let deliveries: Vec<_> = batch.into_iter().map(|(d, _)| d).collect();
-            broker::release(&deliveries).await?;
+            for (d, _) in &batch {
+                settler.alone(d, Alone::Requeue).await?;
+            }
         }
         Err(e) => {
             tracing::warn!(error = %e, "a batch failed; applying its events one at a time");
             for (d, raw) in &batch {
                 let span = tracing::info_span!("event", job_id = %raw.job_id, kind = %raw.kind);
                 match apply(pool, storage, raw).instrument(span).await {
-                    Ok(_) => d.acker.ack(BasicAckOptions::default()).await?,
-                    Err(e) if e.is_retryable() => {
-                        d.acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..Default::default()
-                            })
-                            .await?
-                    }
+                    Ok(_) => settler.committed([d.delivery_tag].into_iter()).await?,
+                    Err(e) if e.is_retryable() => settler.alone(d, Alone::Requeue).await?,
                     Err(e) => {
                         if let Err(why) = reject(pool, storage, raw, &e).await {
                             tracing::error!(error = %why, job_id = %raw.job_id, "could not fail the job of an event that cannot be applied; the reaper will");
                         }
-                        d.acker
-                            .reject(BasicRejectOptions { requeue: false })
-                            .await?
+                        settler.alone(d, Alone::DeadLetter).await?
                     }
                 };
             }
