@@ -164,7 +164,6 @@ async fn consume(
                         correlation_id = broker::correlation_id_of(&delivery.properties).as_deref(),
                         "event received"
                     );
-                    settler.take(&delivery).await;
                     batch.push((delivery, raw))
                 }
                 Err(e) => {
@@ -182,6 +181,7 @@ async fn consume(
         if batch.is_empty() {
             continue;
         }
+        settler.take(batch.iter().map(|(d, _)| d)).await;
         let (pool, storage, shutdown) = (pool.clone(), storage.clone(), shutdown.clone());
         let settler = settler.clone();
         tasks.spawn(async move {
@@ -229,12 +229,12 @@ enum Alone {
 }
 
 impl Settler {
-    /// Registers a delivery taken into a batch, before the batch starts.
-    async fn take(&self, d: &lapin::message::Delivery) {
-        self.pending
-            .lock()
-            .await
-            .insert(d.delivery_tag, (d.acker.clone(), false));
+    /// Registers the deliveries of a batch, before the batch starts.
+    async fn take(&self, batch: impl Iterator<Item = &lapin::message::Delivery>) {
+        let mut pending = self.pending.lock().await;
+        for d in batch {
+            pending.insert(d.delivery_tag, (d.acker.clone(), false));
+        }
     }
 
     /// The deliveries' events are committed: ack them, with every earlier one already committed.
