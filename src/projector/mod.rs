@@ -210,10 +210,11 @@ const BATCHES_IN_FLIGHT: usize = 4;
 /// commit out of order (several are in flight), so one may be sent only up to the first
 /// delivery whose batch has not committed. The settler holds the deliveries taken and not yet
 /// settled, in tag order (the order the channel delivered them), and acks the committed prefix
-/// in one frame. Deliveries settled otherwise (requeued, dead-lettered) leave it at once, with
-/// their own frame, before any ack could cover them. Sends are serialised under the lock: an
-/// ack overtaken by a larger one would name a tag the broker no longer knows, which closes the
-/// channel.
+/// in one frame; a batch that commits behind one still in flight is acked delivery by
+/// delivery instead of waiting. Deliveries settled otherwise (requeued, dead-lettered) leave it
+/// at once, with their own frame, before any ack could cover them. Sends are serialised under
+/// the lock: an ack overtaken by a larger one would name a tag the broker no longer knows, which
+/// closes the channel.
 #[derive(Default)]
 struct Settler {
     /// Tag → (the delivery's acker, whether its batch committed).
@@ -237,15 +238,25 @@ impl Settler {
         }
     }
 
-    /// The deliveries' events are committed: ack them, with every earlier one already committed.
-    async fn committed(&self, tags: impl Iterator<Item = u64>) -> Result<(), BrokerError> {
+    /// The deliveries' events are committed: ack them, with every earlier one already committed,
+    /// in one frame; those an earlier batch still holds back, one by one.
+    async fn committed(&self, tags: &[u64]) -> Result<(), BrokerError> {
         let mut pending = self.pending.lock().await;
         for tag in tags {
-            if let Some(entry) = pending.get_mut(&tag) {
+            if let Some(entry) = pending.get_mut(tag) {
                 entry.1 = true;
             }
         }
-        Self::ack_committed_prefix(&mut pending).await
+        Self::ack_committed_prefix(&mut pending).await?;
+        // Held back, they would count against the prefetch window until the slow batch commits
+        // (a lock wait, a large object to store): enough of them would stop the projector
+        // taking more events. So they are acked now, as they were before acks were shared.
+        for tag in tags {
+            if let Some((acker, _)) = pending.remove(tag) {
+                acker.ack(BasicAckOptions::default()).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Settles one delivery by itself (which may let the prefix before it go too).
@@ -309,9 +320,8 @@ async fn settle_batch(
         .await
     {
         Ok(_) => {
-            settler
-                .committed(batch.iter().map(|(d, _)| d.delivery_tag))
-                .await?;
+            let tags: Vec<u64> = batch.iter().map(|(d, _)| d.delivery_tag).collect();
+            settler.committed(&tags).await?;
         }
         Err(e) if e.is_retryable() => {
             // Only on shutdown: the events go back to the queue for the next projector.
@@ -324,7 +334,7 @@ async fn settle_batch(
             for (d, raw) in &batch {
                 let span = tracing::info_span!("event", job_id = %raw.job_id, kind = %raw.kind);
                 match apply(pool, storage, raw).instrument(span).await {
-                    Ok(_) => settler.committed([d.delivery_tag].into_iter()).await?,
+                    Ok(_) => settler.committed(&[d.delivery_tag]).await?,
                     Err(e) if e.is_retryable() => settler.alone(d, Alone::Requeue).await?,
                     Err(e) => {
                         if let Err(why) = reject(pool, storage, raw, &e).await {
