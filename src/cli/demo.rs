@@ -76,18 +76,21 @@ pub async fn run(mut config: Config, examples: &Path, serve: bool) -> anyhow::Re
     let outcome = submit_and_wait(&pool, &base, &job_body).await;
     if let Ok((result, job_id, tenant, key)) = &outcome {
         println!("{}", serde_json::to_string_pretty(result)?);
-        let ids: Vec<&str> = result["result_assets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a["asset_id"].as_str())
-            .collect();
-        eprintln!(
-            "assets {}: stored as one object, {}/{}",
-            ids.join(" and "),
-            config.assets_location().trim_end_matches('/'),
-            crate::domain::ids::assets_storage_key(tenant, *job_id)
-        );
+        let location = config.assets_location();
+        for asset in result["result_assets"].as_array().into_iter().flatten() {
+            let id = asset["asset_id"].as_str().unwrap_or_default();
+            let asset = crate::domain::ids::AssetId::parse(id)?;
+            // Where the projector put it: a slice of one object (shared by a job's assets).
+            if let Some(row) = db::jobs::get_asset(&pool, tenant, *job_id, &asset).await? {
+                eprintln!(
+                    "asset {id}: bytes {}..{} of {}/{}",
+                    row.byte_offset,
+                    row.byte_offset + row.size_bytes,
+                    location.trim_end_matches('/'),
+                    row.storage_key
+                );
+            }
+        }
         if serve {
             eprintln!("==> the web console is at {base}/");
             eprintln!("    sign in with this key of the demo tenant (also for curl and `bdjobs watch`; kept until the database goes):");

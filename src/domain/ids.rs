@@ -193,6 +193,15 @@ pub fn assets_storage_key(tenant: &TenantId, job: JobId) -> String {
     format!("tenants/{tenant}/assets/{shard}/{id}.deliverable")
 }
 
+/// Where the assets of several jobs of one tenant live when a projector batch decided them
+/// together: one object named by the SHA-256 of its bytes (so the same bytes always go to the
+/// same key, and different bytes never share one), in the folder its last two hex digits pick.
+pub fn joined_assets_storage_key(tenant: &TenantId, sha256: &[u8]) -> String {
+    let id = hex::encode(sha256);
+    let shard = &id[id.len() - 2..];
+    format!("tenants/{tenant}/assets/{shard}/{id}.deliverables")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 use super::ReadModelError;
 use crate::adapters::db;
 use crate::adapters::storage::{self, StorageError};
-use crate::domain::ids::{assets_storage_key, AssetId};
+use crate::domain::ids::{assets_storage_key, joined_assets_storage_key, AssetId, JobId, TenantId};
 use crate::domain::job::JobView;
 use crate::domain::messages::{Completed, Event, EventRecord};
 use crate::domain::stages::deliverable::{write_csv, write_json};
@@ -22,16 +22,18 @@ pub fn deliverable_of(event: &Event) -> Option<&Completed> {
     }
 }
 
-/// A finished job's assets, rendered: the one object that holds them all, where it goes, and
-/// the index row of each (its slice of the object).
+/// Finished jobs' assets, rendered: the one object that holds them all, where it goes, and the
+/// index row of each asset (its job, and its slice of the object). All of one tenant.
 ///
-/// One object, not one per asset, because on a filesystem each object costs an inode and an
-/// fsync in the projector's batch, and these small jobs are mostly that cost (issue 18). The
-/// API serves each asset as its own slice, ranges included, so clients never see the bundle.
+/// One object, not one per asset (nor per job, when a projector batch decides several jobs at
+/// once: [`join_by_tenant`]), because on a filesystem each object costs an inode and an fsync
+/// in the projector's batch, and small jobs are mostly that cost (issue 18). The API serves
+/// each asset as its own slice, ranges included, so clients never see the bundle.
 pub struct RenderedAssets {
+    pub tenant: TenantId,
     pub storage_key: String,
     pub bytes: opendal::Buffer,
-    pub assets: Vec<(AssetId, db::jobs::AssetRow)>,
+    pub assets: Vec<(JobId, AssetId, db::jobs::AssetRow)>,
 }
 
 /// Renders the assets the view's result lists from the completion that won the fold, in the
@@ -59,13 +61,54 @@ pub fn render_assets(view: &JobView, done: &Completed) -> Option<RenderedAssets>
             size_bytes: slice.len() as i64,
             sha256: hex::encode(Sha256::digest(slice)),
         };
-        assets.push((asset.asset_id.clone(), row));
+        assets.push((view.job_id, asset.asset_id.clone(), row));
     }
     Some(RenderedAssets {
+        tenant: view.tenant.clone(),
         storage_key,
         bytes: bytes.into(),
         assets,
     })
+}
+
+/// Joins the assets of the jobs one batch decided into one object per tenant: the jobs' objects
+/// back to back, each row's offset moved by where its job's object now starts, under a key
+/// named by the joined bytes ([`joined_assets_storage_key`]). A job alone keeps its own object
+/// and key, which is also what replay (one job at a time) writes. Pure.
+pub fn join_by_tenant(rendered: Vec<RenderedAssets>) -> Vec<RenderedAssets> {
+    let mut groups: std::collections::BTreeMap<TenantId, Vec<RenderedAssets>> =
+        std::collections::BTreeMap::new();
+    for r in rendered {
+        groups.entry(r.tenant.clone()).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|(tenant, mut parts)| {
+            if parts.len() == 1 {
+                return parts.pop().expect("one part");
+            }
+            let mut bytes = Vec::with_capacity(parts.iter().map(|p| p.bytes.len()).sum());
+            let mut assets = Vec::new();
+            for part in parts {
+                let base = bytes.len() as i64;
+                bytes.extend_from_slice(&part.bytes.to_bytes());
+                assets.extend(part.assets.into_iter().map(|(job, id, mut row)| {
+                    row.byte_offset += base;
+                    (job, id, row)
+                }));
+            }
+            let storage_key = joined_assets_storage_key(&tenant, &Sha256::digest(&bytes));
+            for (_, _, row) in &mut assets {
+                row.storage_key.clone_from(&storage_key);
+            }
+            RenderedAssets {
+                tenant,
+                storage_key,
+                bytes: bytes.into(),
+                assets,
+            }
+        })
+        .collect()
 }
 
 /// Writes rendered assets to object storage, many jobs at once. A rewrite puts identical bytes.
@@ -94,36 +137,30 @@ pub async fn sync_assets(
     sync_assets_many(tx, storage, &[(view, winner)]).await
 }
 
-/// [`sync_assets`] for many jobs: objects written concurrently, the index changed in one
-/// statement each way.
+/// [`sync_assets`] for many jobs: one object per tenant ([`join_by_tenant`]), written
+/// concurrently, the index changed in one statement each way.
 pub async fn sync_assets_many(
     tx: &impl deadpool_postgres::GenericClient,
     storage: &Operator,
     jobs: &[(&JobView, &EventRecord)],
 ) -> Result<(), ReadModelError> {
     let mut without = Vec::new();
-    let mut decided = Vec::new();
     let mut rendered = Vec::new();
     for (view, winner) in jobs {
         match deliverable_of(&winner.event) {
-            Some(done) => {
-                if let Some(r) = render_assets(view, done) {
-                    decided.push(*view);
-                    rendered.push(r);
-                }
-            }
+            Some(done) => rendered.extend(render_assets(view, done)),
             None => without.push(view.job_id.0),
         }
     }
-    put_assets(storage, &rendered).await?;
+    let objects = join_by_tenant(rendered);
+    put_assets(storage, &objects).await?;
     db::jobs::delete_assets_of(tx, &without).await?;
-    let rows: Vec<_> = decided
+    let rows: Vec<_> = objects
         .iter()
-        .zip(&rendered)
-        .flat_map(|(view, r)| {
+        .flat_map(|r| {
             r.assets
                 .iter()
-                .map(move |(id, row)| (&view.tenant, view.job_id, id, row))
+                .map(|(job, id, row)| (&r.tenant, *job, id, row))
         })
         .collect();
     db::jobs::upsert_assets(tx, &rows).await?;
@@ -149,11 +186,13 @@ mod tests {
     use crate::domain::stages::DeliveredContact;
     use crate::domain::stages::Summary;
 
-    fn record(seq: u64, event: Event) -> EventRecord {
+    const JOB: u128 = 0x0193a1b2c3d47e5f8a9b0c1d2e3f40a7;
+
+    fn record(job: u128, tenant: &str, seq: u64, event: Event) -> EventRecord {
         EventRecord {
             message_id: MessageId::new(),
-            job_id: JobId(uuid::Uuid::from_u128(0x0193a1b2c3d47e5f8a9b0c1d2e3f40a7)),
-            tenant: TenantId::parse("acme").unwrap(),
+            job_id: JobId(uuid::Uuid::from_u128(job)),
+            tenant: TenantId::parse(tenant).unwrap(),
             occurred_at: chrono::Utc::now(),
             position: Position { attempt: 1, seq },
             event,
@@ -161,12 +200,22 @@ mod tests {
     }
 
     fn finished_job(contacts: Vec<DeliveredContact>) -> (JobView, Completed) {
+        finished_job_of(JOB, "acme", contacts)
+    }
+
+    fn finished_job_of(
+        job: u128,
+        tenant: &str,
+        contacts: Vec<DeliveredContact>,
+    ) -> (JobView, Completed) {
         let done = Completed {
             summary: Summary::default(),
             contacts,
         };
         let events = [
             record(
+                job,
+                tenant,
                 0,
                 Event::Created(Created {
                     webhook_url: None,
@@ -182,7 +231,7 @@ mod tests {
                     contacts: 2,
                 }),
             ),
-            record(1, Event::Completed(done.clone())),
+            record(job, tenant, 1, Event::Completed(done.clone())),
         ];
         (fold(&events).unwrap(), done)
     }
@@ -217,10 +266,10 @@ mod tests {
             .iter()
             .map(|a| a.asset_id.as_str())
             .collect();
-        let indexed: Vec<&str> = r.assets.iter().map(|(id, _)| id.as_str()).collect();
+        let indexed: Vec<&str> = r.assets.iter().map(|(_, id, _)| id.as_str()).collect();
         assert_eq!(indexed, listed);
         let mut end = 0;
-        for (_, row) in &r.assets {
+        for (_, _, row) in &r.assets {
             assert_eq!(row.storage_key, r.storage_key);
             assert_eq!(row.byte_offset as usize, end, "slices are back to back");
             let slice = &object[end..end + row.size_bytes as usize];
@@ -252,5 +301,77 @@ mod tests {
         );
         assert_eq!(a.bytes.to_vec(), b.bytes.to_vec());
         assert_eq!(a.assets, b.assets);
+    }
+
+    fn contact(email: &str) -> DeliveredContact {
+        DeliveredContact {
+            email: Some(email.into()),
+            source: "input".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_batchs_jobs_share_one_object_per_tenant_and_each_asset_is_still_its_own_rendering() {
+        let jobs = [
+            finished_job_of(1, "acme", vec![contact("a@acme.example")]),
+            finished_job_of(2, "zenith", vec![contact("z@zenith.example")]),
+            finished_job_of(
+                3,
+                "acme",
+                vec![contact("b@acme.example"), contact("c@acme.example")],
+            ),
+        ];
+        let alone: Vec<RenderedAssets> = jobs
+            .iter()
+            .map(|(view, done)| render_assets(view, done).unwrap())
+            .collect();
+        // Each job's own asset bytes, by (job, asset).
+        let own: std::collections::HashMap<(JobId, AssetId), Vec<u8>> = alone
+            .iter()
+            .flat_map(|r| {
+                let bytes = r.bytes.to_vec();
+                r.assets.iter().map(move |(job, id, row)| {
+                    let at = row.byte_offset as usize;
+                    (
+                        (*job, id.clone()),
+                        bytes[at..at + row.size_bytes as usize].to_vec(),
+                    )
+                })
+            })
+            .collect();
+        let joined = join_by_tenant(alone);
+        assert_eq!(joined.len(), 2, "one object per tenant");
+        let acme = &joined[0];
+        assert_eq!(acme.tenant.as_str(), "acme");
+        assert!(
+            acme.storage_key.starts_with("tenants/acme/assets/")
+                && acme.storage_key.ends_with(".deliverables"),
+            "{}",
+            acme.storage_key
+        );
+        assert_eq!(
+            acme.storage_key,
+            joined_assets_storage_key(&acme.tenant, &Sha256::digest(acme.bytes.to_vec()))
+        );
+        assert_eq!(acme.assets.len(), 4, "two jobs, two assets each");
+        let bytes = acme.bytes.to_vec();
+        for (job, id, row) in &acme.assets {
+            assert_eq!(row.storage_key, acme.storage_key);
+            let at = row.byte_offset as usize;
+            let slice = &bytes[at..at + row.size_bytes as usize];
+            assert_eq!(slice, own[&(*job, id.clone())], "{job} {id}");
+            assert_eq!(row.sha256, hex::encode(Sha256::digest(slice)));
+        }
+        // A job alone in its tenant keeps the object replay would write for it.
+        let zenith = &joined[1];
+        assert_eq!(
+            zenith.storage_key,
+            assets_storage_key(&zenith.tenant, JobId(uuid::Uuid::from_u128(2)))
+        );
+        assert!(zenith
+            .assets
+            .iter()
+            .all(|(_, _, row)| row.storage_key == zenith.storage_key));
     }
 }

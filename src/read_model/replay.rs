@@ -133,7 +133,7 @@ fn rebuild_job(
     let assets = rendered
         .iter()
         .flat_map(|r| &r.assets)
-        .map(|(id, row)| (id.as_str().to_owned(), row.clone()))
+        .map(|(_, id, row)| (id.as_str().to_owned(), row.clone()))
         .collect();
     let row = log::ShadowRow {
         job: first.job_id,
