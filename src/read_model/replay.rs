@@ -16,9 +16,12 @@
 //!    `events` in SHARE mode waits out every inserting transaction first.
 //! 2. **build** (no locks, as long as it takes): fold each job's events up to `H` into the shadow
 //!    table `jobs_rebuild` (rows tagged with this run's id, so concurrent runs do not mix), and
-//!    write each completed job's asset objects to storage. Objects are written under the key
-//!    the projector uses, with the bytes the projector would write for the same winning event,
-//!    so writing them early changes nothing a reader can see.
+//!    write each completed job's asset object to storage. Each is written under the job's own
+//!    key with the bytes the projector would write for the same winning event, so writing them
+//!    early changes nothing a reader can see. (The projector puts the jobs one batch decides
+//!    together into one shared object instead; the swap re-points those jobs' rows to their
+//!    own objects, with the same bytes, which is why a replay after live projection reports
+//!    their assets as changed and a second replay does not.)
 //! 3. **swap** (one transaction): lock `events` and then `jobs` in SHARE ROW EXCLUSIVE mode.
 //!    Every writer of the read model (the projector's step, the API's job creation) appends to
 //!    `events` first and then updates `jobs`, in one transaction; the first lock waits for those
