@@ -207,18 +207,19 @@ const BATCHES_IN_FLIGHT: usize = 4;
 /// the projector a frame per event (issue 18).
 ///
 /// A `multiple` ack settles every unsettled delivery of the channel up to its tag, and batches
-/// commit out of order (several are in flight), so one may be sent only up to the first
-/// delivery whose batch has not committed. The settler holds the deliveries taken and not yet
-/// settled, in tag order (the order the channel delivered them), and acks the committed prefix
-/// in one frame; a batch that commits behind one still in flight is acked delivery by
-/// delivery instead of waiting. Deliveries settled otherwise (requeued, dead-lettered) leave it
-/// at once, with their own frame, before any ack could cover them. Sends are serialised under
-/// the lock: an ack overtaken by a larger one would name a tag the broker no longer knows, which
-/// closes the channel.
+/// commit out of order (several are in flight), so it may only reach up to the first delivery
+/// still waiting for its batch. The settler holds the waiting deliveries by tag (tags rise in
+/// the order the channel delivered them, and a batch is registered before it starts). A batch
+/// that commits acks, in one frame, its deliveries below the first one still waiting (everything
+/// else below is settled already), and the rest one by one instead of holding them back: held,
+/// they would count against the prefetch window until the slow batch commits (a lock wait, a
+/// large object to store), and enough of them would stop the projector taking more events.
+/// Sends are serialised under the lock: an ack overtaken by a larger one would name a tag the
+/// broker no longer knows, which closes the channel.
 #[derive(Default)]
 struct Settler {
-    /// Tag → (the delivery's acker, whether its batch committed).
-    pending: tokio::sync::Mutex<std::collections::BTreeMap<u64, (lapin::Acker, bool)>>,
+    /// Tag → acker of each delivery whose batch has not settled it yet.
+    waiting: tokio::sync::Mutex<std::collections::BTreeMap<u64, lapin::Acker>>,
 }
 
 /// How a delivery is settled on its own.
@@ -232,37 +233,35 @@ enum Alone {
 impl Settler {
     /// Registers the deliveries of a batch, before the batch starts.
     async fn take(&self, batch: impl Iterator<Item = &lapin::message::Delivery>) {
-        let mut pending = self.pending.lock().await;
+        let mut waiting = self.waiting.lock().await;
         for d in batch {
-            pending.insert(d.delivery_tag, (d.acker.clone(), false));
+            waiting.insert(d.delivery_tag, d.acker.clone());
         }
     }
 
-    /// The deliveries' events are committed: ack them, with every earlier one already committed,
-    /// in one frame; those an earlier batch still holds back, one by one.
+    /// The deliveries' events are committed: ack them.
     async fn committed(&self, tags: &[u64]) -> Result<(), BrokerError> {
-        let mut pending = self.pending.lock().await;
-        for tag in tags {
-            if let Some(entry) = pending.get_mut(tag) {
-                entry.1 = true;
-            }
+        let mut waiting = self.waiting.lock().await;
+        let mut ours: Vec<(u64, lapin::Acker)> = tags
+            .iter()
+            .filter_map(|tag| waiting.remove(tag).map(|acker| (*tag, acker)))
+            .collect();
+        ours.sort_by_key(|(tag, _)| *tag);
+        let first_waiting = waiting.keys().next().copied().unwrap_or(u64::MAX);
+        let covered = ours.partition_point(|(tag, _)| *tag < first_waiting);
+        if let Some((_, acker)) = ours[..covered].last() {
+            acker.ack(BasicAckOptions { multiple: true }).await?;
         }
-        Self::ack_committed_prefix(&mut pending).await?;
-        // Held back, they would count against the prefetch window until the slow batch commits
-        // (a lock wait, a large object to store): enough of them would stop the projector
-        // taking more events. So they are acked now, as they were before acks were shared.
-        for tag in tags {
-            if let Some((acker, _)) = pending.remove(tag) {
-                acker.ack(BasicAckOptions::default()).await?;
-            }
+        for (_, acker) in &ours[covered..] {
+            acker.ack(BasicAckOptions::default()).await?;
         }
         Ok(())
     }
 
-    /// Settles one delivery by itself (which may let the prefix before it go too).
+    /// Settles one delivery by itself.
     async fn alone(&self, d: &lapin::message::Delivery, how: Alone) -> Result<(), BrokerError> {
-        let mut pending = self.pending.lock().await;
-        pending.remove(&d.delivery_tag);
+        let mut waiting = self.waiting.lock().await;
+        waiting.remove(&d.delivery_tag);
         match how {
             Alone::Requeue => {
                 d.acker
@@ -278,27 +277,6 @@ impl Settler {
                     .await?
             }
         };
-        Self::ack_committed_prefix(&mut pending).await
-    }
-
-    async fn ack_committed_prefix(
-        pending: &mut std::collections::BTreeMap<u64, (lapin::Acker, bool)>,
-    ) -> Result<(), BrokerError> {
-        let Some(last) = pending
-            .iter()
-            .take_while(|(_, (_, committed))| *committed)
-            .map(|(tag, _)| *tag)
-            .last()
-        else {
-            return Ok(());
-        };
-        let rest = pending.split_off(&(last + 1));
-        let prefix = std::mem::replace(pending, rest);
-        let (acker, _) = prefix
-            .into_values()
-            .next_back()
-            .expect("the prefix holds `last`");
-        acker.ack(BasicAckOptions { multiple: true }).await?;
         Ok(())
     }
 }
